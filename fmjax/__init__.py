@@ -1,0 +1,3 @@
+"""fmjax: scalable pretraining of foundation models in JAX/Flax."""
+
+__version__ = "0.1.0"
