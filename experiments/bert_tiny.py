@@ -25,7 +25,7 @@ def bert_model(**overrides) -> ml_collections.ConfigDict:
             attention_dropout_rate=0.1,
             layer_norm_epsilon=1e-12,
             norm_position="post",  # BERT is post-LN; "pre" for GPT/ViT-style blocks
-            compute_dtype="float32",  # "bfloat16" on GPU/TPU
+            compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
             attention_backend="xla",  # "xla" | "cudnn" (GPU) via jax.nn.dot_product_attention
         )
     )
@@ -36,9 +36,7 @@ def bert_model(**overrides) -> ml_collections.ConfigDict:
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.model = bert_model()
-    config.task = ml_collections.ConfigDict(
-        dict(name="mlm", mask_prob=0.15, max_predictions=20)
-    )
+    config.task = ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
     config.data.corpus = "shakespeare"  # shakespeare | gcide | kernel_docs | tfds:<name>
     config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
     config.data.seq_len = 128

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+
 import ml_collections
 
 DEFAULT_DATA_DIR = "~/.cache/fmjax/data"
@@ -77,3 +86,173 @@ def base_config() -> ml_collections.ConfigDict:
     config.sharding = ml_collections.ConfigDict()
     config.sharding.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
     return config
+
+
+# Config sections a workdir's checkpoints depend on: resuming with other values is refused.
+RUN_IDENTITY_FIELDS = ("model", "task", "data.corpus", "data.seq_len", "seed")
+
+
+def validate_config(
+    config: ml_collections.ConfigDict, num_devices: int, num_processes: int
+) -> None:
+    """Checks what the parser cannot (sizes, divisibility); raises ConfigError naming the fix."""
+    from fmjax.parallel.mesh import resolve_mesh_shape
+
+    for section in ("model", "task", "data", "train", "checkpoint", "mesh"):
+        if section not in config:
+            raise ConfigError(
+                f"config has no '{section}' section; start from fmjax.config.base_config()"
+            )
+    mesh = resolve_mesh_shape(config.mesh, num_devices)
+    batch_size = int(config.train.batch_size)
+    data_parallel = mesh["data"] * mesh["fsdp"]
+    if batch_size <= 0 or batch_size % data_parallel:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the data-parallel size "
+            f"mesh.data*mesh.fsdp={data_parallel}; use a multiple of {data_parallel}"
+        )
+    if batch_size % num_processes:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {num_processes} processes"
+        )
+    for field in ("num_steps", "log_every", "eval_every", "eval_batches"):
+        if int(config.train[field]) <= 0:
+            raise ConfigError(f"train.{field} must be positive, got {config.train[field]}")
+    if int(config.checkpoint.every_steps) <= 0 or int(config.checkpoint.keep) <= 0:
+        raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")
+    seq_len = config.data.get("seq_len")
+    if seq_len is not None and seq_len > config.model.get("max_seq_len", seq_len):
+        raise ConfigError(
+            f"data.seq_len={seq_len} exceeds model.max_seq_len={config.model.max_seq_len}; "
+            "raise model.max_seq_len or lower data.seq_len"
+        )
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if hasattr(value, "get") else None
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a workdir that holds a run of another model/task/data, or that can't be written."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = ml_collections.ConfigDict(json.load(f))
+        for field in RUN_IDENTITY_FIELDS:
+            old, new = _field(previous, field), _field(config, field)
+            if json.dumps(old, sort_keys=True, default=str) != json.dumps(
+                new, sort_keys=True, default=str
+            ):
+                raise ConfigError(
+                    f"workdir {workdir} holds a run with a different {field} "
+                    f"({_diff(old, new)}); use a new --workdir or the original config"
+                )
+    parent = os.path.abspath(workdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK) or not os.path.isdir(parent):
+        raise ConfigError(f"cannot write to workdir {workdir} ({parent} is not a writable folder)")
+
+
+def _diff(old, new) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3])
+    return f"{old!r} -> {new!r}"
+
+
+def write_snapshot(config: ml_collections.ConfigDict, workdir: str, data_fingerprint: dict) -> None:
+    """Writes workdir/config.json (resolved config) and workdir/manifest.json (provenance)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    devices = jax.devices()
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "git_revision": _git_revision(),
+        "packages": _package_versions(),
+        "python": sys.version.split()[0],
+        "devices": {
+            "platform": devices[0].platform,
+            "device_kind": devices[0].device_kind,
+            "num_devices": len(devices),
+            "num_processes": jax.process_count(),
+        },
+        "seed": int(config.seed),
+        "data": data_fingerprint,
+    }
+    _write_json(os.path.join(workdir, "manifest.json"), manifest)
+
+
+def _write_json(path: str, value: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+PACKAGES = (
+    "fmjax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "tensorflow-datasets",
+    "tokenizers",
+    "ml_collections",
+    "numpy",
+)
+
+
+def _package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _git_revision() -> str | None:
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", source, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def load_sibling_experiment(this_file: str, name: str) -> types.ModuleType:
+    """Imports another experiment file from the same folder (experiments build on each other)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+    spec = importlib.util.spec_from_file_location(f"fmjax_experiment_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_auto_fields(config: ml_collections.ConfigDict, backend: str) -> None:
+    """Fills fields left as "auto": compute_dtype is bfloat16 on GPU/TPU, float32 on CPU."""
+    if config.model.get("compute_dtype") == "auto":
+        config.model.compute_dtype = "float32" if backend == "cpu" else "bfloat16"

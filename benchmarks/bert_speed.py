@@ -1,0 +1,169 @@
+"""BERT MLM training speed: fmjax vs HF transformers (PyTorch) on the same config, same run.
+
+    python benchmarks/bert_speed.py                       # experiments/bert_tiny.py sizes
+    python benchmarks/bert_speed.py --preset smoke --steps 5
+
+Prints a table: train tokens/s for fmjax and (when torch + transformers are installed) HF
+`BertForMaskedLM` + AdamW, their ratio, fmjax's achieved model FLOP/s (formula in
+fmjax/tasks/mlm.py) and the measured float32 matmul ceiling of this machine. Tokens are
+random ids in the MLM batch layout: speed does not depend on the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+def measure(step, warmup: int, steps: int, sync) -> float:
+    """Median seconds per step over `steps` timed steps after `warmup` untimed ones."""
+    for _ in range(warmup):
+        sync(step())
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        sync(step())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 10) -> float:
+    """Best float32 FLOP/s of a jitted square matmul on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    seconds = measure(lambda: matmul(a, a), 2, repeats, lambda out: out.block_until_ready())
+    return 2 * size**3 / seconds
+
+
+def fmjax_seconds_per_step(config, batch, warmup: int, steps: int) -> float:
+    import flax.linen as nn
+    import jax
+
+    from fmjax.parallel.mesh import make_mesh
+    from fmjax.parallel.sharding import shard_batch
+    from fmjax.tasks import build_task
+    from fmjax.train.step import abstract_batch, build_program
+
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    task = build_task(config)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        program = build_program(config, task, mesh)
+        spec = abstract_batch(task, config.train.batch_size, program.batch_sharding)
+        step_fn = program.train_step.lower(program.abstract_state, spec).compile()
+        holder = {"state": program.init_state()}
+        device_batch = shard_batch(batch, mesh)
+
+        def step():
+            holder["state"], metrics = step_fn(holder["state"], device_batch)
+            return metrics
+
+        return measure(step, warmup, steps, lambda m: jax.block_until_ready(m))
+
+
+def torch_seconds_per_step(config, batch, warmup: int, steps: int) -> float | None:
+    try:
+        import torch
+        from transformers import BertConfig, BertForMaskedLM
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model_config = config.model
+    hf_config = BertConfig(
+        vocab_size=model_config.vocab_size,
+        hidden_size=model_config.embed_dim,
+        num_hidden_layers=model_config.num_layers,
+        num_attention_heads=model_config.num_heads,
+        intermediate_size=model_config.mlp_dim,
+        max_position_embeddings=model_config.max_seq_len,
+        hidden_dropout_prob=model_config.dropout_rate,
+        attention_probs_dropout_prob=model_config.attention_dropout_rate,
+    )
+    model = BertForMaskedLM(hf_config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    input_ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
+    attention_mask = torch.from_numpy(batch["attention_mask"].astype(np.int64))
+    labels = torch.full_like(input_ids, -100)
+    rows = np.repeat(np.arange(input_ids.shape[0])[:, None], batch["masked_ids"].shape[1], 1)
+    real = batch["masked_weights"] > 0
+    labels[rows[real], batch["masked_positions"][real]] = torch.from_numpy(
+        batch["masked_ids"][real].astype(np.int64)
+    )
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
+    return measure(step, warmup, steps, lambda loss: loss.item())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None, help="bert_tiny preset (e.g. smoke)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+
+    from test_parallel import random_mlm_batch
+
+    from fmjax.config import load_sibling_experiment, resolve_auto_fields
+
+    config = load_sibling_experiment(
+        os.path.join(REPO, "experiments", "x.py"), "bert_tiny.py"
+    ).get_config(args.preset)
+    resolve_auto_fields(config, "cpu")
+
+    import jax
+
+    from fmjax.tasks import build_task
+
+    task = build_task(config)
+    batch = random_mlm_batch(task, config.train.batch_size, config.model.vocab_size)
+    tokens = config.train.batch_size * config.data.seq_len
+    flops = task.train_flops_per_example() * config.train.batch_size
+
+    ceiling = matmul_ceiling()
+    fmjax_s = fmjax_seconds_per_step(config, batch, args.warmup, args.steps)
+    torch_s = torch_seconds_per_step(config, batch, args.warmup, args.steps)
+
+    m = config.model
+    print(
+        f"\nBERT MLM train step: {m.num_layers} layers, hidden {m.embed_dim}, {m.num_heads} heads,"
+        f" mlp {m.mlp_dim}, vocab {m.vocab_size}, seq {config.data.seq_len}, "
+        f"batch {config.train.batch_size}; device {jax.devices()[0].device_kind}, "
+        f"{os.cpu_count()} cores; median of {args.steps} steps\n"
+    )
+    rows = [("fmjax (JAX/Flax NNX, jit)", fmjax_s)]
+    if torch_s is not None:
+        rows.append(("HF transformers BertForMaskedLM (PyTorch eager)", torch_s))
+    print(f"{'implementation':<50} {'ms/step':>9} {'tokens/s':>10} {'vs PyTorch':>10}")
+    for name, seconds in rows:
+        ratio = f"{torch_s / seconds:.2f}x" if torch_s else "n/a"
+        print(f"{name:<50} {seconds * 1e3:>9.1f} {tokens / seconds:>10,.0f} {ratio:>10}")
+    if torch_s is None:
+        print("(PyTorch peer skipped: pip install torch==2.13.0 transformers)")
+    achieved = flops / fmjax_s
+    print(f"\nfmjax model FLOP/s (fmjax/tasks/mlm.py formula): {achieved / 1e9:,.1f} GFLOP/s")
+    print(f"measured float32 matmul ceiling (2048^3 jit):   {ceiling / 1e9:,.1f} GFLOP/s")
+    print(f"fmjax step / matmul ceiling:                     {achieved / ceiling:.0%}")
+
+
+if __name__ == "__main__":
+    main()

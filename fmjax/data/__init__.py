@@ -1,0 +1,1 @@
+"""Input data: corpora (TFDS builders), tokenizers, packing/masking and the grain loader."""

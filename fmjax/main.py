@@ -1,0 +1,62 @@
+"""Command line: python -m fmjax.main --config experiments/bert_tiny.py --workdir runs/x.
+
+Modes: train (default; resumes from the workdir's latest checkpoint), eval (latest
+checkpoint on the held-out data), compile (AOT-compile the train step for the configured mesh
+and report per-device memory and FLOPs, allocating nothing).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment file, optionally with a preset: path.py or path.py:preset.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"], "What to do.")
+
+
+def _fail(message: str) -> None:
+    print(f"fmjax: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with every mistake reported as one line (no usage dump)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(str(error).splitlines()[0] if str(error) else repr(error))
+    except Exception as error:  # noqa: BLE001 - a broken experiment file or preset
+        _fail(f"could not load the config: {type(error).__name__}: {error}")
+    return []
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; options look like --config.train.num_steps=10")
+    if _CONFIG.value is None:
+        _fail("--config is required, e.g. --config experiments/bert_tiny.py")
+    if not _WORKDIR.value:
+        _fail("--workdir is required, e.g. --workdir runs/bert_tiny")
+
+    from fmjax.config import ConfigError
+    from fmjax.train import trainer
+
+    run = {"train": trainer.train, "eval": trainer.evaluate, "compile": trainer.compile_report}
+    try:
+        run[_MODE.value](_CONFIG.value, _WORKDIR.value)
+    except ConfigError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted; re-run the same command to resume from the latest checkpoint")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,22 @@
+"""Training objectives: each task knows its batch, loss, metrics and FLOPs per example.
+
+A task's metrics are `{name: (sum, count)}` pairs; the trainer adds them up over steps or eval
+batches and reports sum / count, so averages are weighted correctly.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from fmjax.config import ConfigError
+
+
+def build_task(config: ml_collections.ConfigDict):
+    """The task object named by config.task.name."""
+    from fmjax.tasks.mlm import MaskedLanguageModeling
+
+    tasks = {"mlm": MaskedLanguageModeling}
+    name = config.task.get("name", "")
+    if name not in tasks:
+        raise ConfigError(f"unknown task.name {name!r}; known tasks: {sorted(tasks)}")
+    return tasks[name](config)

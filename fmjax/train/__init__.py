@@ -1,0 +1,1 @@
+"""Training: the one trainer, optimizers, checkpoints and metrics."""

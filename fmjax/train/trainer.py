@@ -1,0 +1,240 @@
+"""The one train / eval / compile loop, generic over models and tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from fmjax.config import (
+    ConfigError,
+    check_workdir,
+    resolve_auto_fields,
+    validate_config,
+    write_snapshot,
+)
+from fmjax.parallel.mesh import make_mesh
+from fmjax.parallel.sharding import shard_batch
+from fmjax.tasks import build_task
+from fmjax.train.checkpoint import Checkpointer
+from fmjax.train.metrics import MetricsWriter, model_flops_utilization, peak_flops_per_device
+from fmjax.train.step import TrainProgram, abstract_batch, build_program, summarize
+
+
+class _Run:
+    """A config on a mesh, in the sharding-rules context the steps are traced under."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        resolve_auto_fields(config, jax.default_backend())
+        validate_config(config, jax.device_count(), jax.process_count())
+        self.config = config
+        self.task = build_task(config)
+        self.mesh = make_mesh(config.mesh)
+        self.rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
+
+    def __enter__(self) -> _Run:
+        self._mesh_context = jax.set_mesh(self.mesh)
+        self._rules_context = nn.logical_axis_rules(self.rules)
+        self._mesh_context.__enter__()
+        self._rules_context.__enter__()
+        self.program: TrainProgram = build_program(self.config, self.task, self.mesh)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._rules_context.__exit__(*exc)
+        self._mesh_context.__exit__(*exc)
+
+    def compile_train_step(self):
+        """AOT-compiles the train step from abstract inputs (nothing allocated)."""
+        batch = abstract_batch(
+            self.task, int(self.config.train.batch_size), self.program.batch_sharding
+        )
+        return self.program.train_step.lower(self.program.abstract_state, batch).compile()
+
+    def flops_per_step(self) -> float:
+        return self.task.train_flops_per_example() * int(self.config.train.batch_size)
+
+    def evaluate(self, params: Any, eval_batches: list[dict]) -> dict[str, float]:
+        metrics = [
+            self.program.eval_step(params, shard_batch(_process_rows(batch), self.mesh))
+            for batch in eval_batches
+        ]
+        return summarize(metrics)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the run in `workdir`; returns the last train and eval metrics."""
+    check_workdir(config, workdir)
+    with _Run(config) as run:
+        data = run.task.build_data()  # user data errors surface here, before the workdir is touched
+        write_snapshot(config, workdir, data.provenance)
+        checkpoints = Checkpointer(
+            workdir,
+            config.checkpoint.every_steps,
+            config.checkpoint.keep,
+            config.checkpoint.async_save,
+        )
+        state, start_step = _restore_or_init(run, checkpoints)
+        num_steps = int(config.train.num_steps)
+        if start_step >= num_steps:
+            _log(f"{workdir} is already trained to train.num_steps={num_steps}")
+            checkpoints.close()
+            return {}
+        writer = MetricsWriter(workdir, resume_step=start_step)
+        compile_start = time.perf_counter()
+        train_step = run.compile_train_step()
+        _log(f"compiled train step in {time.perf_counter() - compile_start:.1f}s")
+
+        peak = peak_flops_per_device(config.train.peak_flops_per_device)
+        tokens_per_step = run.task.tokens_per_example() * int(config.train.batch_size)
+        log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
+        summary: dict[str, float] = {}
+        pending: list[dict] = []
+        window_start, window_steps = time.perf_counter(), 0
+        batches = data.train.iterate(start_step)
+        progress = tqdm(
+            total=num_steps,
+            initial=start_step,
+            desc="train",
+            unit="step",
+            disable=jax.process_index() != 0,
+            dynamic_ncols=True,
+        )
+        try:
+            for step in range(start_step + 1, num_steps + 1):
+                state, metrics = train_step(state, shard_batch(next(batches), run.mesh))
+                pending.append(metrics)
+                window_steps += 1
+                progress.update(1)
+                if step % log_every == 0 or step == num_steps:
+                    values = summarize(pending)  # fetching the metrics waits for the steps
+                    seconds = (time.perf_counter() - window_start) / window_steps
+                    values["tokens_per_s"] = tokens_per_step / seconds
+                    values["steps_per_s"] = 1.0 / seconds
+                    values["mfu"] = model_flops_utilization(
+                        run.flops_per_step(), seconds, jax.device_count(), peak
+                    )
+                    writer.write(step, "train", values)
+                    progress.set_postfix(
+                        loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:,.0f}"
+                    )
+                    summary.update({f"train_{k}": v for k, v in values.items() if v is not None})
+                    pending = []
+                if step % eval_every == 0 or step == num_steps:
+                    values = run.evaluate(state["params"], data.eval_batches)
+                    writer.write(step, "eval", values)
+                    summary.update({f"eval_{k}": v for k, v in values.items()})
+                    progress.write(_format_metrics(step, "eval", values))
+                checkpoints.save(step, state, {"step": step}, force=step == num_steps)
+                if step % log_every == 0:
+                    window_start, window_steps = time.perf_counter(), 0
+        finally:
+            progress.close()
+            checkpoints.close()
+            writer.close()
+        _log(_format_metrics(num_steps, "final", summary))
+        return summary
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Evaluates the latest checkpoint in `workdir` on the held-out batches."""
+    with _Run(config) as run:
+        checkpoints = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
+        step = checkpoints.latest_step()
+        if step is None:
+            raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
+        data = run.task.build_data()
+        state, _ = checkpoints.restore(step, run.program.abstract_state)
+        checkpoints.close()
+        values = run.evaluate(state["params"], data.eval_batches)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "eval.json"), "w") as f:
+                json.dump({"step": step, "split": "eval", **values}, f, indent=2)
+        _log(_format_metrics(step, "eval", values))
+        return values
+
+
+def compile_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Compiles the train step for the configured mesh from abstract inputs; writes compile.json."""
+    with _Run(config) as run:
+        start = time.perf_counter()
+        compiled = run.compile_train_step()
+        seconds = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        per_device_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        report = {
+            "mesh": dict(run.mesh.shape),
+            "num_devices": jax.device_count(),
+            "compile_seconds": round(seconds, 2),
+            "per_device": {
+                "argument_bytes": int(memory.argument_size_in_bytes),
+                "output_bytes": int(memory.output_size_in_bytes),
+                "temp_bytes": int(memory.temp_size_in_bytes),
+                "generated_code_bytes": int(memory.generated_code_size_in_bytes),
+            },
+            # XLA's count for one device's partition of the step, times the devices.
+            "flops_per_step": per_device_flops * jax.device_count(),
+            "model_flops_per_step": run.flops_per_step(),
+        }
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "compile.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print(format_compile_report(report))
+    return report
+
+
+def format_compile_report(report: dict) -> str:
+    """The compile report as a small table."""
+    mesh = " x ".join(f"{axis}={size}" for axis, size in report["mesh"].items())
+    rows = [("mesh", mesh), ("devices", str(report["num_devices"]))]
+    rows += [(f"per-device {k}", _bytes(v)) for k, v in report["per_device"].items()]
+    rows += [
+        ("FLOPs / step (XLA)", f"{report['flops_per_step']:.4g}"),
+        ("FLOPs / step (model formula)", f"{report['model_flops_per_step']:.4g}"),
+        ("compile seconds", str(report["compile_seconds"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _restore_or_init(run: _Run, checkpoints: Checkpointer) -> tuple[dict, int]:
+    latest = checkpoints.latest_step()
+    if latest is None:
+        return run.program.init_state(), 0
+    state, data_state = checkpoints.restore(latest, run.program.abstract_state)
+    _log(f"resumed from checkpoint step {latest}")
+    return state, int(data_state["step"])
+
+
+def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's contiguous block of rows of a global batch."""
+    count, index = jax.process_count(), jax.process_index()
+    return {k: np.array_split(v, count)[index] for k, v in batch.items()}
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def _format_metrics(step: int, split: str, values: dict[str, Any]) -> str:
+    parts = [f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float)]
+    return f"step {step} {split}: " + " ".join(parts)
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"fmjax: {message}", flush=True)
