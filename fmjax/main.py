@@ -7,9 +7,11 @@ and report per-device memory and FLOPs, allocating nothing).
 
 from __future__ import annotations
 
+import ast
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,18 +29,46 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _one_line(error: Exception) -> str:
+    """The flag error's first line plus, for a failing experiment file, its final exception."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return repr(error)
+    if any(line.startswith("Traceback") for line in lines):
+        return f"{lines[0].split(': ')[0]}: {lines[-1]}"
+    return lines[0]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with every mistake reported as one line (no usage dump)."""
+    path = _config_path(argv)
+    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+        _fail(f"config file {path.split(':', 1)[0]} not found; pass an experiments/*.py file")
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        _fail(str(error).splitlines()[0] if str(error) else repr(error))
+        _fail(_one_line(error))
+    except (AttributeError, KeyError) as error:  # an override of a field that does not exist
+        text = str(error)
+        if text[:1] in "'\"" and text[-1:] == text[:1]:
+            text = ast.literal_eval(text)
+        _fail("unknown config field " + " ".join(text.split()))
     except Exception as error:  # noqa: BLE001 - a broken experiment file or preset
         _fail(f"could not load the config: {type(error).__name__}: {error}")
     return []
 
 
 def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # Orbax and absl info logs would bury the progress bar
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; options look like --config.train.num_steps=10")
     if _CONFIG.value is None:

@@ -32,6 +32,10 @@ CASES = {
         [f"--config={TINY}", "--config.mesh.data=8", "--config.train.batch_size=12"],
         "batch_size",
     ),
+    "mesh does not divide a parameter": (
+        [f"--config={TINY}", "--config.mesh.tensor=8", "--config.mesh.data=1"],
+        "cannot be split",
+    ),
     "unknown dataset": ([f"--config={TINY}", "--config.data.corpus=no_such_corpus"], "corpus"),
     "unknown model family": ([f"--config={TINY}", "--config.model.family=lstm"], "family"),
 }

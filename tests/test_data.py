@@ -50,8 +50,12 @@ def test_pack_sentences_rows_and_document_boundaries():
     docs = []
     for d in range(6):
         lo = 5 + 15 * d
-        docs.append([list(rng.integers(lo, lo + 15, size=rng.integers(1, 70)))
-                     for _ in range(rng.integers(1, 6))])
+        docs.append(
+            [
+                list(rng.integers(lo, lo + 15, size=rng.integers(1, 70)))
+                for _ in range(rng.integers(1, 6))
+            ]
+        )
     packed = pack_sentences(docs, seq_len, CLS, SEP, PAD)
     assert packed.dtype == np.int32 and packed.shape[1] == seq_len
     flat_rows = []
@@ -59,7 +63,7 @@ def test_pack_sentences_rows_and_document_boundaries():
         assert row[0] == CLS
         n = int(np.sum(row != PAD))
         assert row[n - 1] == SEP and np.all(row[n:] == PAD)
-        body = row[1:n - 1]
+        body = row[1 : n - 1]
         assert len(body) > 0 and not np.isin(body, SPECIALS).any()
         assert len(set(((body - 5) // 15).tolist())) == 1, "a row crosses documents"
         flat_rows.append(body.tolist())
@@ -70,7 +74,7 @@ def test_pack_sentences_rows_and_document_boundaries():
 def test_pack_sentences_full_sentences_and_long_split():
     docs = [[[10] * 5, [11] * 5, [12] * 5], [[13] * 20]]
     packed = pack_sentences(docs, 14, CLS, SEP, PAD)
-    rows = [row[1:int(np.sum(row != PAD)) - 1].tolist() for row in packed]
+    rows = [row[1 : int(np.sum(row != PAD)) - 1].tolist() for row in packed]
     # Two 5-token sentences fit in 12; the third starts a new row; the 20-token sentence
     # (longer than 12) is split in chunks, never joined with the previous document.
     assert rows == [[10] * 5 + [11] * 5, [12] * 5, [13] * 12, [13] * 8]
@@ -82,7 +86,7 @@ def test_pack_sentences_full_sentences_and_long_split():
 def _sequence(rng: np.random.Generator, length: int, real: int) -> np.ndarray:
     ids = np.full(length, PAD, np.int32)
     ids[0] = CLS
-    ids[1:real + 1] = rng.integers(5, VOCAB, size=real)
+    ids[1 : real + 1] = rng.integers(5, VOCAB, size=real)
     ids[real + 1] = SEP
     return ids
 
@@ -93,11 +97,23 @@ def test_mask_for_mlm_statistics_and_invariants():
     masked_total = real_total = 0
     for _ in range(2000):
         ids = _sequence(rng, 64, int(rng.integers(20, 62)))
-        out = mask_for_mlm(ids, rng, mask_prob=0.15, max_predictions=12, mask_id=MASK,
-                           vocab_size=VOCAB, special_ids=SPECIALS)
+        out = mask_for_mlm(
+            ids,
+            rng,
+            mask_prob=0.15,
+            max_predictions=12,
+            mask_id=MASK,
+            vocab_size=VOCAB,
+            special_ids=SPECIALS,
+        )
         assert {k: v.dtype for k, v in out.items()} == {
-            "input_ids": np.int32, "token_type_ids": np.int32, "attention_mask": np.int32,
-            "masked_positions": np.int32, "masked_ids": np.int32, "masked_weights": np.float32}
+            "input_ids": np.int32,
+            "token_type_ids": np.int32,
+            "attention_mask": np.int32,
+            "masked_positions": np.int32,
+            "masked_ids": np.int32,
+            "masked_weights": np.float32,
+        }
         n = int(out["masked_weights"].sum())
         real = int(np.sum(~np.isin(ids, SPECIALS)))
         assert n == min(12, max(1, round(0.15 * real)))
@@ -130,12 +146,26 @@ def test_mask_for_mlm_statistics_and_invariants():
 def test_mask_for_mlm_short_and_empty_sequences():
     rng = np.random.default_rng(2)
     ids = _sequence(rng, 16, 2)
-    out = mask_for_mlm(ids, rng, mask_prob=0.15, max_predictions=4, mask_id=MASK,
-                       vocab_size=VOCAB, special_ids=SPECIALS)
+    out = mask_for_mlm(
+        ids,
+        rng,
+        mask_prob=0.15,
+        max_predictions=4,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        special_ids=SPECIALS,
+    )
     assert out["masked_weights"].sum() == 1  # at least one prediction
     empty = np.array([CLS, SEP] + [PAD] * 6, np.int32)
-    out = mask_for_mlm(empty, rng, mask_prob=0.15, max_predictions=4, mask_id=MASK,
-                       vocab_size=VOCAB, special_ids=SPECIALS)
+    out = mask_for_mlm(
+        empty,
+        rng,
+        mask_prob=0.15,
+        max_predictions=4,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        special_ids=SPECIALS,
+    )
     assert out["masked_weights"].sum() == 0
     np.testing.assert_array_equal(out["input_ids"], empty)
 
@@ -149,8 +179,15 @@ def _source(n: int = 37, length: int = 24) -> np.ndarray:
 
 
 def _transform(example, rng):
-    return mask_for_mlm(np.asarray(example), rng, mask_prob=0.15, max_predictions=5,
-                        mask_id=MASK, vocab_size=VOCAB, special_ids=SPECIALS)
+    return mask_for_mlm(
+        np.asarray(example),
+        rng,
+        mask_prob=0.15,
+        max_predictions=5,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        special_ids=SPECIALS,
+    )
 
 
 def _loader(**kwargs):
@@ -175,8 +212,14 @@ def test_loader_is_a_pure_function_of_seed_and_step():
 
 def test_loader_epochs_cover_source_and_reshuffle():
     source = np.arange(40)[:, None] + 5
-    loader = make_loader(source, lambda x, rng: {"x": np.asarray(x)}, global_batch_size=8,
-                         seed=0, process_index=0, process_count=1)
+    loader = make_loader(
+        source,
+        lambda x, rng: {"x": np.asarray(x)},
+        global_batch_size=8,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
     epoch0 = np.concatenate([loader.batch(s)["x"][:, 0] for s in range(5)])
     epoch1 = np.concatenate([loader.batch(s)["x"][:, 0] for s in range(5, 10)])
     assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == list(range(5, 45))
@@ -250,17 +293,21 @@ def test_byte_bpe_train_save_load_round_trip(tmp_path):
 
 
 def test_play_text_strips_markdown():
-    md = ("# A Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter KING and\nQUEEN_\n\n"
-          "**KING**  \nNow is the _winter_ of  \nour discontent.\n\n_Exit_\n")
+    md = (
+        "# A Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter KING and\nQUEEN_\n\n"
+        "**KING**  \nNow is the _winter_ of  \nour discontent.\n\n_Exit_\n"
+    )
     assert play_text(md) == ("A Play", "Now is the winter of\nour discontent.")
 
 
 def test_gcide_entry_parsing():
     index = "00-database-url\tC\tv\nCalorie\tBA\tC\nCalory\tBA\tC\nCaloric\tA\tB\n"
     assert entry_offsets(index) == [(0, 1), (64, 2)]
-    entry = ("Calorie \\Cal\"o*rie\\, n. [F., fr. L. calor heat.] (Physics)\n"
-             "   The unit of heat; 0[deg] to 1[deg], calorif[`e]re. {Foot\n   pound}.\n"
-             "   [1913 Webster +PJC]\n\n   Second sense.\n   [1913 Webster]\n")
+    entry = (
+        'Calorie \\Cal"o*rie\\, n. [F., fr. L. calor heat.] (Physics)\n'
+        "   The unit of heat; 0[deg] to 1[deg], calorif[`e]re. {Foot\n   pound}.\n"
+        "   [1913 Webster +PJC]\n\n   Second sense.\n   [1913 Webster]\n"
+    )
     assert clean_entry(entry) == [
         "Calorie , n. [F., fr. L. calor heat.] (Physics) The unit of heat; 0 to 1 , "
         "calorifere. Foot pound.",
@@ -276,7 +323,8 @@ def test_unknown_corpus_is_a_config_error(tmp_path):
 
 def test_unprepared_tfds_corpus_is_a_config_error(tmp_path):
     data = ml_collections.ConfigDict(
-        dict(corpus="tfds:fmjax_shakespeare", data_dir=str(tmp_path), source_dir=""))
+        dict(corpus="tfds:fmjax_shakespeare", data_dir=str(tmp_path), source_dir="")
+    )
     with pytest.raises(ConfigError, match="not prepared"):
         load_corpus(data)
 
@@ -321,8 +369,11 @@ def test_build_mlm_data_shakespeare(shared_data_dir):
     assert len(titles) == 3 and len(corpus.validation) == 3
     assert not {tuple(d[:3]) for d in corpus.train} & {tuple(d[:3]) for d in corpus.validation}
     # The same prepared dataset read through the generic `tfds:<name>` path.
-    via_tfds = load_corpus(ml_collections.ConfigDict(
-        dict(corpus="tfds:fmjax_shakespeare", data_dir=shared_data_dir, source_dir="")))
+    via_tfds = load_corpus(
+        ml_collections.ConfigDict(
+            dict(corpus="tfds:fmjax_shakespeare", data_dir=shared_data_dir, source_dir="")
+        )
+    )
     assert via_tfds.train == corpus.train and via_tfds.validation == corpus.validation
 
 
@@ -343,11 +394,12 @@ def test_vocab_larger_than_model_is_a_config_error(shared_data_dir, tmp_path):
         build_mlm_data(config)
 
 
-@pytest.mark.skipif(not os.environ.get("FMJAX_SLOW_TESTS"),
-                    reason="slow (GCIDE: apt fetch + ~40 MB parse); set FMJAX_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("FMJAX_SLOW_TESTS"),
+    reason="slow (GCIDE: apt fetch + ~40 MB parse); set FMJAX_SLOW_TESTS=1",
+)
 def test_gcide_corpus(shared_data_dir):
-    data = ml_collections.ConfigDict(dict(corpus="gcide", data_dir=shared_data_dir,
-                                          source_dir=""))
+    data = ml_collections.ConfigDict(dict(corpus="gcide", data_dir=shared_data_dir, source_dir=""))
     corpus = load_corpus(data)
     assert corpus.provenance["package"] == "dict-gcide"
     assert len(corpus.train) > 2000 and len(corpus.validation) > 50

@@ -51,6 +51,8 @@ def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 3) -> list[float]:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         program = build_program(config, task, mesh)
         state = program.init_state()
+        kernel = state["params"]["encoder"]["layers"][0]["mlp"]["wi"]["kernel"]
+        assert kernel.sharding.spec == P("fsdp", "tensor")  # the rules really shard the params
         losses = []
         for step in range(num_steps):
             batch = random_mlm_batch(task, config.train.batch_size, config.model.vocab_size, step)
@@ -63,7 +65,7 @@ def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 3) -> list[float]:
 @pytest.fixture(scope="module")
 def smoke_config():
     config = experiment("bert_tiny.py", "smoke")
-    config.model.update(compute_dtype="float32", vocab_size=512)
+    config.model.update(compute_dtype="float32", vocab_size=512, num_heads=4, head_dim=16)
     config.model.update(dropout_rate=0.1, attention_dropout_rate=0.1)
     config.train.batch_size = 8
     return config
@@ -96,7 +98,59 @@ def test_fsdp_parameters_and_optimizer_state_are_split(smoke_config):
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         program = build_program(config, build_task(config), mesh)
-    kernel = program.state_shardings["params"]["encoder"]
-    flat = jax.tree_util.tree_leaves(program.state_shardings["opt_state"])
-    assert any(s.spec != P() for s in flat)
-    assert any(s.spec and "fsdp" in str(s.spec) for s in jax.tree_util.tree_leaves(kernel))
+    params = program.state_shardings["params"]
+    assert params["encoder"]["layers"][0]["mlp"]["wi"]["kernel"].spec == P("fsdp", "tensor")
+    # AdamW's moments follow the params they track; the step counters are replicated.
+    opt_specs = {s.spec for s in jax.tree_util.tree_leaves(program.state_shardings["opt_state"])}
+    assert P("fsdp", "tensor") in opt_specs and P() in opt_specs
+
+
+# Mesh PartitionSpec of every bert_base parameter under the default rules; "*" = any layer.
+BERT_BASE_GOLDEN_SPECS = {
+    "token_embed/embedding": P("tensor", "fsdp"),
+    "position_embed/embedding": P(None, "fsdp"),
+    "type_embed/embedding": P(None, "fsdp"),
+    "embed_norm/scale": P(None),
+    "embed_norm/bias": P(None),
+    "encoder/layers/*/attention/query/kernel": P("fsdp", "tensor", None),
+    "encoder/layers/*/attention/query/bias": P("tensor", None),
+    "encoder/layers/*/attention/key/kernel": P("fsdp", "tensor", None),
+    "encoder/layers/*/attention/key/bias": P("tensor", None),
+    "encoder/layers/*/attention/value/kernel": P("fsdp", "tensor", None),
+    "encoder/layers/*/attention/value/bias": P("tensor", None),
+    "encoder/layers/*/attention/out/kernel": P("tensor", None, "fsdp"),
+    "encoder/layers/*/attention/out/bias": P("fsdp"),
+    "encoder/layers/*/attention_norm/scale": P(None),
+    "encoder/layers/*/attention_norm/bias": P(None),
+    "encoder/layers/*/mlp/wi/kernel": P("fsdp", "tensor"),
+    "encoder/layers/*/mlp/wi/bias": P("tensor"),
+    "encoder/layers/*/mlp/wo/kernel": P("tensor", "fsdp"),
+    "encoder/layers/*/mlp/wo/bias": P("fsdp"),
+    "encoder/layers/*/mlp_norm/scale": P(None),
+    "encoder/layers/*/mlp_norm/bias": P(None),
+    "mlm_transform/kernel": P("fsdp", None),
+    "mlm_transform/bias": P(None),
+    "mlm_norm/scale": P(None),
+    "mlm_norm/bias": P(None),
+    "mlm_bias": P("tensor"),
+}
+
+
+def test_bert_base_partition_specs_are_golden():
+    config = experiment("bert_base.py")
+    config.model.compute_dtype = "float32"
+    config.mesh.update(data=2, fsdp=2, tensor=2)
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        program = build_program(config, build_task(config), mesh)
+    flat = jax.tree_util.tree_flatten_with_path(program.state_shardings["params"])[0]
+    seen = {}
+    for path, sharding in flat:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        name = "/".join("*" if key.isdigit() else key for key in keys)
+        seen.setdefault(name, set()).add(sharding.spec)
+    assert sorted(seen) == sorted(BERT_BASE_GOLDEN_SPECS)
+    for name, specs in seen.items():
+        assert specs == {BERT_BASE_GOLDEN_SPECS[name]}, name
+    layers = {p for p, _ in flat if "layers" in jax.tree_util.keystr(p)}
+    assert len(layers) == 12 * 16

@@ -56,7 +56,7 @@ def test_cli_trains_and_writes_the_workdir(shared_data_dir, tmp_path):
     records = read_metrics(workdir)
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
-    assert [r["step"] for r in train] == [2, 4, 6]
+    assert [r["step"] for r in train] == [1, 2, 4, 6]
     assert evals and 0.0 <= evals[-1]["accuracy"] <= 1.0
     assert all(r["tokens_per_s"] > 0 for r in train)
 

@@ -28,8 +28,14 @@ def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class Loader:
     """Batches as a pure function of (seed, step), sharded per process."""
 
-    def __init__(self, dataset: grain.MapDataset, *, global_batch_size: int,
-                 process_index: int, process_count: int):
+    def __init__(
+        self,
+        dataset: grain.MapDataset,
+        *,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+    ):
         """dataset: the shuffled, repeated, transformed stream of examples."""
         self.dataset = dataset
         self.global_batch_size = global_batch_size
@@ -79,9 +85,16 @@ class Loader:
         return {"step": int(step)}
 
 
-def make_loader(source: Any, transform: Transform, *, global_batch_size: int, seed: int,
-                process_index: int | None = None, process_count: int | None = None,
-                shuffle: bool = True) -> Loader:
+def make_loader(
+    source: Any,
+    transform: Transform,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle: bool = True,
+) -> Loader:
     """Loader over an epoch-reshuffled, repeated `source` with per-example seeded transforms."""
     if process_index is None or process_count is None:
         import jax
@@ -100,18 +113,22 @@ def make_loader(source: Any, transform: Transform, *, global_batch_size: int, se
         dataset = dataset.shuffle(seed=int(seed) & 0xFFFFFFFF)
     dataset = dataset.repeat()  # shuffle before repeat: each epoch gets its own permutation
     dataset = dataset.map_with_index(lambda i, x: transform(x, example_rng(seed, i)))
-    return Loader(dataset, global_batch_size=global_batch_size, process_index=process_index,
-                  process_count=process_count)
+    return Loader(
+        dataset,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
-def fixed_batches(source: Any, transform: Transform, *, batch_size: int, num_batches: int,
-                  seed: int) -> list[dict[str, np.ndarray]]:
+def fixed_batches(
+    source: Any, transform: Transform, *, batch_size: int, num_batches: int, seed: int
+) -> list[dict[str, np.ndarray]]:
     """Eval batches: the first num_batches*batch_size examples in order (wrapping), seeded."""
     if len(source) == 0:
         raise ConfigError("the evaluation data is empty; check data.corpus and data.seq_len")
     dataset = grain.MapDataset.source(source).repeat()
     dataset = dataset.map_with_index(lambda i, x: transform(x, example_rng(seed, i)))
     return [
-        _stack([dataset[b * batch_size + j] for j in range(batch_size)])
-        for b in range(num_batches)
+        _stack([dataset[b * batch_size + j] for j in range(batch_size)]) for b in range(num_batches)
     ]

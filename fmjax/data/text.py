@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def pack_sentences(documents: list[list[list[int]]], seq_len: int, cls_id: int, sep_id: int,
-                   pad_id: int) -> np.ndarray:
+def pack_sentences(
+    documents: list[list[list[int]]], seq_len: int, cls_id: int, sep_id: int, pad_id: int
+) -> np.ndarray:
     """Packs consecutive sentences of each document into [CLS] ... [SEP] [PAD]* rows [N, L]."""
     if seq_len < 3:
         raise ValueError(f"seq_len must be at least 3, got {seq_len}")
@@ -18,7 +19,7 @@ def pack_sentences(documents: list[list[list[int]]], seq_len: int, cls_id: int, 
         current: list[int] = []
         for sentence in document:
             for start in range(0, len(sentence), room):
-                chunk = list(sentence[start:start + room])
+                chunk = list(sentence[start : start + room])
                 if current and len(current) + len(chunk) > room:
                     rows.append(current)
                     current = []
@@ -28,20 +29,27 @@ def pack_sentences(documents: list[list[list[int]]], seq_len: int, cls_id: int, 
     out = np.full((len(rows), seq_len), pad_id, dtype=np.int32)
     for i, tokens in enumerate(rows):
         out[i, 0] = cls_id
-        out[i, 1:len(tokens) + 1] = tokens
+        out[i, 1 : len(tokens) + 1] = tokens
         out[i, len(tokens) + 1] = sep_id
     return out
 
 
-def mask_for_mlm(input_ids: np.ndarray, rng: np.random.Generator, *, mask_prob: float,
-                 max_predictions: int, mask_id: int, vocab_size: int,
-                 special_ids: Sequence[int], pad_id: int = 0) -> dict[str, np.ndarray]:
+def mask_for_mlm(
+    input_ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mask_prob: float,
+    max_predictions: int,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int],
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
     """BERT masking of one sequence [L]: 80% [MASK], 10% random token, 10% unchanged."""
     input_ids = np.asarray(input_ids, dtype=np.int32)
     specials = np.unique(np.asarray([*special_ids, pad_id], dtype=np.int32))
     candidates = np.flatnonzero(~np.isin(input_ids, specials))
-    num = min(max_predictions, len(candidates),
-              max(1, int(round(mask_prob * len(candidates)))))
+    num = min(max_predictions, len(candidates), max(1, int(round(mask_prob * len(candidates)))))
     positions = np.sort(rng.choice(candidates, size=num, replace=False)) if num else candidates
     corrupted = input_ids.copy()
     action = rng.random(num)

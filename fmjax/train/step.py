@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,7 +15,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmjax.models import build_model
-from fmjax.parallel.sharding import batch_sharding, optimizer_shardings, param_shardings
+from fmjax.parallel.sharding import (
+    batch_sharding,
+    check_divisible,
+    optimizer_shardings,
+    param_shardings,
+)
 from fmjax.train.optim import learning_rate_schedule, make_optimizer
 
 # Train state: a plain dict {"step": int32 scalar, "params": pure dict, "opt_state": optax state},
@@ -44,12 +50,13 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
     constraints in the model resolve against the mesh when the steps are traced.
     """
     seed = int(config.seed)
-    with nnx.use_eager_sharding(False):
+    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
+    with nnx.use_eager_sharding(False), nn.logical_axis_rules(rules):
         abstract_model = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(seed)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    rules = config.sharding.logical_axis_rules
     params_sharding = param_shardings(abstract_params, mesh, rules)
     abstract_params = nnx.to_pure_dict(abstract_params)
+    check_divisible(abstract_params, params_sharding)
     optimizer = make_optimizer(config.train)
     schedule = learning_rate_schedule(config.train)
     abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
@@ -89,7 +96,7 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
         one = jnp.float32(1.0)
         metrics = dict(
             metrics,
-            grad_norm=(optax.global_norm(grads), one),
+            grad_norm=(optax.tree.norm(grads), one),
             learning_rate=(schedule(step), one),
         )
         return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics

@@ -71,8 +71,8 @@ class _Run:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the run in `workdir`; returns the last train and eval metrics."""
-    check_workdir(config, workdir)
     with _Run(config) as run:
+        check_workdir(config, workdir)
         data = run.task.build_data()  # user data errors surface here, before the workdir is touched
         write_snapshot(config, workdir, data.provenance)
         checkpoints = Checkpointer(
@@ -113,7 +113,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 pending.append(metrics)
                 window_steps += 1
                 progress.update(1)
-                if step % log_every == 0 or step == num_steps:
+                if step % log_every == 0 or step in (1, num_steps):
                     values = summarize(pending)  # fetching the metrics waits for the steps
                     seconds = (time.perf_counter() - window_start) / window_steps
                     values["tokens_per_s"] = tokens_per_step / seconds
@@ -133,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     summary.update({f"eval_{k}": v for k, v in values.items()})
                     progress.write(_format_metrics(step, "eval", values))
                 checkpoints.save(step, state, {"step": step}, force=step == num_steps)
-                if step % log_every == 0:
+                if step % log_every == 0 or step == 1:
                     window_start, window_steps = time.perf_counter(), 0
         finally:
             progress.close()

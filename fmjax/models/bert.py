@@ -1,0 +1,83 @@
+"""BERT (Devlin et al. 2019): post-LN encoder with a masked-LM head tied to the embeddings."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from fmjax.models.attention import padding_mask
+from fmjax.models.embeddings import Embedding
+from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype, dense, layer_norm
+from fmjax.parallel.sharding import constrain
+
+
+class Bert(nnx.Module):
+    """Token + position + token-type embeddings, a Transformer stack and the MLM head.
+
+    Config fields (config.model): vocab_size, embed_dim, num_layers, num_heads, head_dim,
+    mlp_dim, max_seq_len, type_vocab_size, dropout_rate, attention_dropout_rate,
+    layer_norm_epsilon, norm_position ("post"), compute_dtype, attention_backend.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(config)
+        d = config.embed_dim
+        self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
+        self.position_embed = Embedding(config.max_seq_len, d, "position", dtype=dtype, rngs=rngs)
+        self.type_embed = Embedding(config.type_vocab_size, d, "token_type", dtype=dtype, rngs=rngs)
+        self.embed_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
+        self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        self.encoder = Stack(config, rngs=rngs)
+        # MLM head: dense -> GELU -> LayerNorm, then the tied decoder plus a per-token bias.
+        self.mlm_transform = dense(d, d, ("embed", "embed_transform"), dtype=dtype, rngs=rngs)
+        self.mlm_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
+        self.mlm_bias = nnx.Param(
+            nnx.with_partitioning(nnx.initializers.zeros_init(), ("vocab",))(
+                rngs.params(), (config.vocab_size,), jnp.float32
+            )
+        )
+        self.dtype = dtype
+
+    def encode(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """Final hidden states [B, L, embed_dim] (float32) of int32 [B, L] inputs."""
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = self.token_embed(input_ids) + self.position_embed(positions)
+        x = x + self.type_embed(token_type_ids)
+        x = self.embed_norm(x.astype(jnp.float32))
+        x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
+        return self.encoder(x, padding_mask(attention_mask), deterministic=deterministic, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array,
+        attention_mask: jax.Array,
+        masked_positions: jax.Array,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """MLM logits float32 [B, P, vocab], computed only at masked_positions [B, P]."""
+        hidden = self.encode(
+            input_ids, token_type_ids, attention_mask, deterministic=deterministic, rngs=rngs
+        )
+        gathered = jnp.take_along_axis(hidden, masked_positions[:, :, None], axis=1)
+        return self.mlm_logits(gathered)
+
+    def mlm_logits(self, hidden: jax.Array) -> jax.Array:
+        """The MLM head on hidden states [..., embed_dim] -> float32 logits [..., vocab]."""
+        x = jax.nn.gelu(self.mlm_transform(hidden.astype(self.dtype)), approximate=False)
+        x = self.mlm_norm(x.astype(jnp.float32))
+        logits = self.token_embed.attend(x.astype(self.dtype)).astype(jnp.float32)
+        logits = logits + self.mlm_bias[...]
+        return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))

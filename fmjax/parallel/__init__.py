@@ -1,0 +1,1 @@
+"""Parallelism: device mesh and logical-axis sharding rules."""

@@ -1,0 +1,91 @@
+"""Logical axis names -> mesh shardings for parameters, optimizer state, batches, activations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fmjax.config import BATCH_MESH_AXES, ConfigError
+
+Rules = Sequence[tuple[str, Any]]
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+    """Constrains an activation's sharding by logical names (no-op outside a mesh and rules)."""
+    return flax.linen.with_logical_constraint(x, logical_axes)
+
+
+def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
+    """Maps logical axis names to a mesh PartitionSpec (unknown names stay unsharded)."""
+    return flax.linen.logical_to_mesh_axes(tuple(logical_axes), tuple(tuple(r) for r in rules))
+
+
+def logical_axes(abstract_params: nnx.State) -> dict:
+    """Pure dict of each parameter's logical axis names (its `out_sharding` metadata)."""
+
+    def names(variable: nnx.Variable) -> PartitionSpec:
+        axes = variable.get_metadata().get("out_sharding")
+        return PartitionSpec(*axes) if axes else PartitionSpec()
+
+    flat = [(path, names(variable)) for path, variable in nnx.to_flat_state(abstract_params)]
+    return nnx.to_pure_dict(nnx.from_flat_state(flat))
+
+
+def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules: Rules) -> dict:
+    """NamedSharding for every parameter of an NNX model state, from its logical axis names."""
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, logical_to_mesh_spec(spec, rules)),
+        logical_axes(abstract_params),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def check_divisible(abstract_params: dict, shardings: dict) -> None:
+    """ConfigError naming the first parameter whose sharded dimension the mesh does not divide."""
+    flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    for (path, leaf), sharding in zip(flat_params, jax.tree.leaves(shardings), strict=True):
+        for size, axes in zip(leaf.shape, sharding.spec, strict=False):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            parts = int(np.prod([sharding.mesh.shape[a] for a in axes]))
+            if size % parts:
+                raise ConfigError(
+                    f"parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} cannot be split "
+                    f"{parts} ways over mesh axes {axes}; change config.mesh or the model sizes"
+                )
+
+
+def optimizer_shardings(tx: Any, abstract_opt_state: Any, params_sharding: Any, mesh: Mesh) -> Any:
+    """Optimizer state sharded like the params it tracks; scalars (e.g. count) replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        abstract_opt_state,
+        params_sharding,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (example) axis split over the data-parallel mesh axes."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Turns this process's rows of a global batch into global jax.Arrays on the mesh."""
+    sharding = batch_sharding(mesh)
+    num_processes = jax.process_count()
+
+    def to_global(local: np.ndarray) -> jax.Array:
+        global_shape = (local.shape[0] * num_processes, *local.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+    return {name: to_global(np.asarray(value)) for name, value in batch.items()}

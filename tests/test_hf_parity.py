@@ -1,0 +1,100 @@
+"""fmjax BERT equals HF transformers BertForMaskedLM with the same weights (PyTorch CPU)."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from fmjax.config import load_sibling_experiment  # noqa: E402
+from fmjax.models import build_model  # noqa: E402
+
+EXPERIMENTS = __file__.replace("tests/test_hf_parity.py", "experiments/x.py")
+
+
+def hf_state_dict(params: dict, num_layers: int) -> dict:
+    """fmjax BERT params (pure dict) -> HF BertForMaskedLM state dict."""
+
+    def t(x):
+        return torch.from_numpy(np.asarray(x, np.float32).copy())
+
+    def linear(prefix, dense, merge_in=False):
+        kernel = np.asarray(dense["kernel"])
+        kernel = (
+            kernel.reshape(-1, kernel.shape[-1])
+            if merge_in
+            else kernel.reshape(kernel.shape[0], -1)
+        )
+        return {f"{prefix}.weight": t(kernel.T), f"{prefix}.bias": t(np.ravel(dense["bias"]))}
+
+    def norm(prefix, layer_norm):
+        return {f"{prefix}.weight": t(layer_norm["scale"]), f"{prefix}.bias": t(layer_norm["bias"])}
+
+    out = {
+        "bert.embeddings.word_embeddings.weight": t(params["token_embed"]["embedding"]),
+        "bert.embeddings.position_embeddings.weight": t(params["position_embed"]["embedding"]),
+        "bert.embeddings.token_type_embeddings.weight": t(params["type_embed"]["embedding"]),
+        **norm("bert.embeddings.LayerNorm", params["embed_norm"]),
+        **linear("cls.predictions.transform.dense", params["mlm_transform"]),
+        **norm("cls.predictions.transform.LayerNorm", params["mlm_norm"]),
+        "cls.predictions.bias": t(params["mlm_bias"]),
+    }
+    for i in range(num_layers):
+        layer, prefix = params["encoder"]["layers"][i], f"bert.encoder.layer.{i}"
+        attention = layer["attention"]
+        for name in ("query", "key", "value"):
+            out.update(linear(f"{prefix}.attention.self.{name}", attention[name]))
+        out.update(linear(f"{prefix}.attention.output.dense", attention["out"], merge_in=True))
+        out.update(norm(f"{prefix}.attention.output.LayerNorm", layer["attention_norm"]))
+        out.update(linear(f"{prefix}.intermediate.dense", layer["mlp"]["wi"]))
+        out.update(linear(f"{prefix}.output.dense", layer["mlp"]["wo"]))
+        out.update(norm(f"{prefix}.output.LayerNorm", layer["mlp_norm"]))
+    return out
+
+
+def test_logits_match_transformers():
+    config = load_sibling_experiment(EXPERIMENTS, "bert_tiny.py").get_config("smoke")
+    model_config = config.model
+    model_config.update(compute_dtype="float32", vocab_size=300, max_seq_len=32)
+    with nnx.use_eager_sharding(False):
+        model = build_model(model_config, nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    hf_model = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=model_config.vocab_size,
+            hidden_size=model_config.embed_dim,
+            num_hidden_layers=model_config.num_layers,
+            num_attention_heads=model_config.num_heads,
+            intermediate_size=model_config.mlp_dim,
+            max_position_embeddings=model_config.max_seq_len,
+            type_vocab_size=model_config.type_vocab_size,
+            layer_norm_eps=model_config.layer_norm_epsilon,
+            hidden_act="gelu",
+        )
+    ).eval()
+    missing, unexpected = hf_model.load_state_dict(
+        hf_state_dict(params, model_config.num_layers), strict=False
+    )
+    assert not unexpected and set(missing) <= {
+        "cls.predictions.decoder.weight",
+        "cls.predictions.decoder.bias",
+        "bert.embeddings.position_ids",
+    }
+    hf_model.tie_weights()
+
+    rng = np.random.default_rng(0)
+    input_ids = rng.integers(5, model_config.vocab_size, size=(2, 16)).astype(np.int32)
+    types = rng.integers(0, 2, size=(2, 16)).astype(np.int32)
+    attention_mask = np.ones((2, 16), np.int32)
+    attention_mask[1, 11:] = 0
+    positions = np.array([[0, 5, 15], [1, 4, 10]], np.int32)
+    ours = model(input_ids, types, attention_mask, positions, deterministic=True)
+    with torch.no_grad():
+        theirs = hf_model(
+            input_ids=torch.from_numpy(input_ids.astype(np.int64)),
+            token_type_ids=torch.from_numpy(types.astype(np.int64)),
+            attention_mask=torch.from_numpy(attention_mask.astype(np.int64)),
+        ).logits.numpy()
+    expected = np.take_along_axis(theirs, positions[:, :, None], axis=1)
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=1e-4)
