@@ -72,11 +72,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Peak FLOP/s per device for MFU. 0 = look the device up in fmjax.train.metrics.PEAK_FLOPS
     # (CPU has no entry: MFU is reported as n/a unless this is set).
     config.train.peak_flops_per_device = 0.0
+    # A step with a non-finite loss or gradient never updates the params; "skip" counts and logs
+    # it and goes on, "halt" stops the run with an error (the last good checkpoint is kept).
+    config.train.nonfinite = "skip"
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 500
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
+    # On SIGTERM / a preemption notice: save the current step and exit within this many seconds.
+    config.checkpoint.preemption_grace_seconds = 60.0
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # -1: all devices not used by the other axes
@@ -118,6 +123,10 @@ def validate_config(
     for field in ("num_steps", "log_every", "eval_every", "eval_batches"):
         if int(config.train[field]) <= 0:
             raise ConfigError(f"train.{field} must be positive, got {config.train[field]}")
+    if config.train.get("nonfinite", "skip") not in ("skip", "halt"):
+        raise ConfigError(
+            f"train.nonfinite must be 'skip' or 'halt', got {config.train.nonfinite!r}"
+        )
     if int(config.checkpoint.every_steps) <= 0 or int(config.checkpoint.keep) <= 0:
         raise ConfigError("checkpoint.every_steps and checkpoint.keep must be positive")
     seq_len = config.data.get("seq_len")

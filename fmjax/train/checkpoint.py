@@ -1,20 +1,36 @@
-"""Orbax checkpoints of the train state and the data position, kept N at a time."""
+"""Orbax checkpoints of the train state and the data position: keep N, never trust a bad one."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+from fmjax.config import ConfigError
 
 
 class Checkpointer:
-    """An Orbax CheckpointManager over workdir/checkpoints with `state` and `data` items."""
+    """An Orbax CheckpointManager over workdir/checkpoints with `state` and `data` items.
+
+    Saves are atomic (Orbax writes a temporary folder and renames it when complete), so a crash
+    mid-save leaves the previous checkpoint as it was. On restore, a checkpoint that cannot be
+    read is moved to workdir/checkpoints_corrupt/ and the previous one is used instead.
+    """
 
     def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 save_interval_steps=every_steps,
@@ -28,13 +44,14 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
         """Saves at `step` when it is due (every_steps) or when forced; returns whether it did."""
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-            ),
-            force=force,
-        )
+        with _disk_errors_as_config_errors(step):
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+                ),
+                force=force,
+            )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores `step` onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
@@ -46,7 +63,79 @@ class Checkpointer:
         )
         return restored.state, restored.data
 
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
+        """The newest readable checkpoint as (state, data_state, step), or None if there is none.
+
+        Raises ConfigError when a checkpoint holds parameters of other shapes (another model).
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                metadata = self.manager.item_metadata(step)["state"]
+                _check_param_shapes(step, metadata["params"], abstract_state["params"])
+                state, data_state = self.restore(step, abstract_state)
+            except ConfigError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
+                self._quarantine(step, error)
+                continue
+            return state, data_state, step
+        return None
+
+    def _quarantine(self, step: int, error: Exception) -> None:
+        target = os.path.join(self.workdir, "checkpoints_corrupt", f"{step}-{int(time.time())}")
+        reason = " ".join(str(error).split())[:200]
+        print(
+            f"fmjax: checkpoint step {step} is unreadable ({type(error).__name__}: {reason}); "
+            f"moved to {target}, falling back to the previous checkpoint",
+            flush=True,
+        )
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+
     def close(self) -> None:
         """Waits for pending async saves, then releases the manager."""
-        self.manager.wait_until_finished()
+        with _disk_errors_as_config_errors(self.latest_step()):
+            self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _path_name(path: tuple) -> str:
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+
+def _check_param_shapes(step: int, saved: Any, expected: Any) -> None:
+    saved_shapes = {
+        _path_name(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+    }
+    for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
+        name = _path_name(path)
+        if saved_shapes.get(name) != tuple(leaf.shape):
+            raise ConfigError(
+                f"checkpoint step {step} holds another model: parameter {name} has shape "
+                f"{saved_shapes.get(name, 'missing')}, the config needs {tuple(leaf.shape)}; "
+                "use the config it was trained with or a new --workdir"
+            )
+
+
+class _disk_errors_as_config_errors:
+    """Turns 'no space left' during a save into a one-line error that names the fix."""
+
+    def __init__(self, step: int | None):
+        self.step = step
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None:
+            return False
+        full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+        if full or "No space left on device" in str(error):
+            raise ConfigError(
+                f"disk full while saving the checkpoint of step {self.step}; earlier checkpoints "
+                "are intact: free space (or move --workdir) and re-run the same command"
+            ) from None
+        return False

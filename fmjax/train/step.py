@@ -90,14 +90,26 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step = state["step"]
         rng = jax.random.fold_in(jax.random.key(seed), step)
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], batch, rng
+        )
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        # A non-finite loss or gradient skips the update (params and optimizer state unchanged);
+        # the trainer counts these steps and, with train.nonfinite="halt", stops the run.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state),
+            (state["params"], state["opt_state"]),
+        )
         one = jnp.float32(1.0)
         metrics = dict(
             metrics,
-            grad_norm=(optax.tree.norm(grads), one),
+            grad_norm=(jnp.where(finite, grad_norm, 0.0), finite.astype(jnp.float32)),
             learning_rate=(schedule(step), one),
+            nonfinite=(1.0 - finite.astype(jnp.float32), one),
         )
         return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 

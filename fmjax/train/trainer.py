@@ -25,7 +25,9 @@ from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.train.checkpoint import Checkpointer
 from fmjax.train.metrics import MetricsWriter, model_flops_utilization, peak_flops_per_device
+from fmjax.train.preemption import PreemptionWatcher
 from fmjax.train.step import TrainProgram, abstract_batch, build_program, summarize
+from fmjax.train.workdir_lock import WorkdirLock
 
 
 class _Run:
@@ -74,85 +76,121 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     with _Run(config) as run:
         check_workdir(config, workdir)
         data = run.task.build_data()  # user data errors surface here, before the workdir is touched
-        write_snapshot(config, workdir, data.provenance)
-        checkpoints = Checkpointer(
-            workdir,
-            config.checkpoint.every_steps,
-            config.checkpoint.keep,
-            config.checkpoint.async_save,
-        )
-        state, start_step = _restore_or_init(run, checkpoints)
-        num_steps = int(config.train.num_steps)
-        if start_step >= num_steps:
-            _log(f"{workdir} is already trained to train.num_steps={num_steps}")
-            checkpoints.close()
-            return {}
-        writer = MetricsWriter(workdir, resume_step=start_step)
-        compile_start = time.perf_counter()
-        train_step = run.compile_train_step()
-        _log(f"compiled train step in {time.perf_counter() - compile_start:.1f}s")
+        with WorkdirLock(workdir):
+            write_snapshot(config, workdir, data.provenance)
+            return _train_loop(run, data, workdir)
 
-        peak = peak_flops_per_device(config.train.peak_flops_per_device)
-        tokens_per_step = run.task.tokens_per_example() * int(config.train.batch_size)
-        log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
-        summary: dict[str, float] = {}
-        pending: list[dict] = []
-        window_start, window_steps = time.perf_counter(), 0
-        batches = data.train.iterate(start_step)
-        progress = tqdm(
-            total=num_steps,
-            initial=start_step,
-            desc="train",
-            unit="step",
-            disable=jax.process_index() != 0,
-            dynamic_ncols=True,
-        )
-        try:
-            for step in range(start_step + 1, num_steps + 1):
-                state, metrics = train_step(state, shard_batch(next(batches), run.mesh))
-                pending.append(metrics)
-                window_steps += 1
-                progress.update(1)
-                if step % log_every == 0 or step in (1, num_steps):
-                    values = summarize(pending)  # fetching the metrics waits for the steps
-                    seconds = (time.perf_counter() - window_start) / window_steps
-                    values["tokens_per_s"] = tokens_per_step / seconds
-                    values["steps_per_s"] = 1.0 / seconds
-                    values["mfu"] = model_flops_utilization(
+
+def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
+    config = run.config
+    checkpoints = Checkpointer(
+        workdir, config.checkpoint.every_steps, config.checkpoint.keep, config.checkpoint.async_save
+    )
+    data_identity = _data_identity(data.provenance)
+    state, data_state = _restore_or_init(run, checkpoints, data_identity)
+    start_step, skipped_steps = int(data_state["step"]), int(data_state.get("skipped_steps", 0))
+    num_steps = int(config.train.num_steps)
+    if start_step >= num_steps:
+        _log(f"{workdir} is already trained to train.num_steps={num_steps}")
+        checkpoints.close()
+        return {}
+    writer = MetricsWriter(workdir, resume_step=start_step)
+    compile_start = time.perf_counter()
+    train_step = run.compile_train_step()
+    _log(f"compiled train step in {time.perf_counter() - compile_start:.1f}s")
+
+    peak = peak_flops_per_device(config.train.peak_flops_per_device)
+    tokens_per_step = run.task.tokens_per_example() * int(config.train.batch_size)
+    log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
+    halt_on_nonfinite = config.train.nonfinite == "halt"
+    summary: dict[str, float] = {}
+    pending: list[dict] = []
+    window_start, window_steps = time.perf_counter(), 0
+    batches = data.train.iterate(start_step)
+    preemption = PreemptionWatcher(config.checkpoint.preemption_grace_seconds)
+    progress = tqdm(
+        total=num_steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    step = start_step
+    try:
+        for step in range(start_step + 1, num_steps + 1):
+            state, metrics = train_step(state, shard_batch(next(batches), run.mesh))
+            pending.append(metrics)
+            window_steps += 1
+            progress.update(1)
+            if halt_on_nonfinite and float(metrics["nonfinite"][0]):
+                raise ConfigError(
+                    f"non-finite loss or gradients at step {step} (the update was not applied); "
+                    f"the last good checkpoint is step {checkpoints.latest_step() or 'none'}: "
+                    "lower train.learning_rate, or set train.nonfinite=skip"
+                )
+            if step % log_every == 0 or step in (1, num_steps):
+                values = summarize(pending)  # fetching the metrics waits for the steps
+                skipped = round(values.pop("nonfinite") * window_steps)
+                skipped_steps += skipped
+                if skipped:
+                    progress.write(f"fmjax: skipped {skipped} non-finite update(s) before {step}")
+                seconds = (time.perf_counter() - window_start) / window_steps
+                values.update(
+                    skipped_steps=skipped_steps,
+                    tokens_per_s=tokens_per_step / seconds,
+                    steps_per_s=1.0 / seconds,
+                    mfu=model_flops_utilization(
                         run.flops_per_step(), seconds, jax.device_count(), peak
-                    )
-                    writer.write(step, "train", values)
-                    progress.set_postfix(
-                        loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:,.0f}"
-                    )
-                    summary.update({f"train_{k}": v for k, v in values.items() if v is not None})
-                    pending = []
-                if step % eval_every == 0 or step == num_steps:
-                    values = run.evaluate(state["params"], data.eval_batches)
-                    writer.write(step, "eval", values)
-                    summary.update({f"eval_{k}": v for k, v in values.items()})
-                    progress.write(_format_metrics(step, "eval", values))
-                checkpoints.save(step, state, {"step": step}, force=step == num_steps)
-                if step % log_every == 0 or step == 1:
-                    window_start, window_steps = time.perf_counter(), 0
-        finally:
-            progress.close()
-            checkpoints.close()
-            writer.close()
+                    ),
+                )
+                writer.write(step, "train", values)
+                progress.set_postfix(
+                    loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:,.0f}"
+                )
+                summary.update({f"train_{k}": v for k, v in values.items() if v is not None})
+                pending, window_start, window_steps = [], time.perf_counter(), 0
+            if step % eval_every == 0 or step == num_steps:
+                values = run.evaluate(state["params"], data.eval_batches)
+                writer.write(step, "eval", values)
+                summary.update({f"eval_{k}": v for k, v in values.items()})
+                progress.write(_format_metrics(step, "eval", values))
+            stop = preemption.should_stop(step)
+            position = {"step": step, "skipped_steps": skipped_steps, **data_identity}
+            save_start = time.perf_counter()
+            if checkpoints.save(step, state, position, force=stop or step == num_steps):
+                # With async saves this is only the device-to-host copy; writing goes on behind.
+                stall = time.perf_counter() - save_start
+                summary["checkpoint_stall_s_max"] = max(
+                    stall, summary.get("checkpoint_stall_s_max", 0)
+                )
+            if stop:
+                summary["preempted_at_step"] = step
+                break
+    finally:
+        progress.close()
+        checkpoints.close()
+        writer.close()
+        preemption.close()
+    if "preempted_at_step" in summary:
+        _log(f"preempted: saved step {step}; re-run the same command to resume")
+    else:
         _log(_format_metrics(num_steps, "final", summary))
-        return summary
+    return summary
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Evaluates the latest checkpoint in `workdir` on the held-out batches."""
     with _Run(config) as run:
-        checkpoints = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
-        step = checkpoints.latest_step()
-        if step is None:
+        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
         data = run.task.build_data()
-        state, _ = checkpoints.restore(step, run.program.abstract_state)
+        checkpoints = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
+        restored = checkpoints.restore_latest(run.program.abstract_state)
         checkpoints.close()
+        if restored is None:
+            raise ConfigError(f"no readable checkpoint in {workdir}/checkpoints; train first")
+        state, _, step = restored
         values = run.evaluate(state["params"], data.eval_batches)
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "eval.json"), "w") as f:
@@ -207,13 +245,29 @@ def format_compile_report(report: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _restore_or_init(run: _Run, checkpoints: Checkpointer) -> tuple[dict, int]:
-    latest = checkpoints.latest_step()
-    if latest is None:
-        return run.program.init_state(), 0
-    state, data_state = checkpoints.restore(latest, run.program.abstract_state)
-    _log(f"resumed from checkpoint step {latest}")
-    return state, int(data_state["step"])
+def _restore_or_init(
+    run: _Run, checkpoints: Checkpointer, data_identity: dict
+) -> tuple[dict, dict]:
+    """The newest good checkpoint's state and data position, or a fresh state at step 0."""
+    restored = checkpoints.restore_latest(run.program.abstract_state)
+    if restored is None:
+        return run.program.init_state(), {"step": 0}
+    state, data_state, step = restored
+    for key, value in data_identity.items():
+        if data_state.get(key, value) != value:
+            raise ConfigError(
+                f"checkpoint step {step} was trained with {key}={data_state[key]}, the data now "
+                f"has {value} (another tokenizer or corpus); use the original data or a new "
+                "--workdir"
+            )
+    _log(f"resumed from checkpoint step {step}")
+    return state, data_state
+
+
+def _data_identity(provenance: dict) -> dict:
+    """What a checkpoint must agree with in the data: the tokenizer, when there is one."""
+    tokenizer = provenance.get("tokenizer") or {}
+    return {"tokenizer_sha256": tokenizer["sha256"]} if "sha256" in tokenizer else {}
 
 
 def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
