@@ -157,12 +157,15 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
                 progress.write(_format_metrics(step, "eval", values))
             stop = preemption.should_stop(step)
             position = {"step": step, "skipped_steps": skipped_steps, **data_identity}
-            save_start = time.perf_counter()
-            if checkpoints.save(step, state, position, force=stop or step == num_steps):
-                # With async saves this is only the device-to-host copy; writing goes on behind.
+            force = stop or step == num_steps
+            if force or checkpoints.manager.should_save(step):
+                jax.block_until_ready(state)  # so the stall below counts the save alone
+                save_start = time.perf_counter()
+                checkpoints.save(step, state, position, force=force)
+                # With async saves this is the device-to-host copy; writing goes on behind.
                 stall = time.perf_counter() - save_start
                 summary["checkpoint_stall_s_max"] = max(
-                    stall, summary.get("checkpoint_stall_s_max", 0)
+                    stall, summary.get("checkpoint_stall_s_max", 0.0)
                 )
             if stop:
                 summary["preempted_at_step"] = step
