@@ -2,7 +2,8 @@
 
 Modes: train (default; resumes from the workdir's latest checkpoint), eval (latest
 checkpoint on the held-out data), compile (AOT-compile the train step for the configured mesh
-and report per-device memory and FLOPs, allocating nothing).
+and report per-device memory and FLOPs, allocating nothing), generate (continue
+config.generate.prompt with the latest checkpoint of a causal LM).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "generate"], "What to do.")
 
 
 def _fail(message: str) -> None:
@@ -77,9 +78,14 @@ def main(argv: list[str]) -> None:
         _fail("--workdir is required, e.g. --workdir runs/bert_tiny")
 
     from fmjax.config import ConfigError
-    from fmjax.train import trainer
+    from fmjax.train import generate, trainer
 
-    run = {"train": trainer.train, "eval": trainer.evaluate, "compile": trainer.compile_report}
+    run = {
+        "train": trainer.train,
+        "eval": trainer.evaluate,
+        "compile": trainer.compile_report,
+        "generate": generate.generate,
+    }
     try:
         run[_MODE.value](_CONFIG.value, _WORKDIR.value)
     except ConfigError as error:

@@ -11,8 +11,9 @@ from fmjax.config import ConfigError
 def build_model(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """The nnx.Module of model_config.family, built from model_config."""
     from fmjax.models.bert import Bert
+    from fmjax.models.gpt import Gpt
 
-    families = {"bert": Bert}
+    families = {"bert": Bert, "gpt": Gpt}
     family = model_config.get("family", "")
     if family not in families:
         raise ConfigError(f"unknown model.family {family!r}; known families: {sorted(families)}")

@@ -1,4 +1,8 @@
-"""Multi-head attention: softmax(Q Kᵀ / √d_k + mask) · V with per-head projections."""
+"""Multi-head attention: softmax(Q Kᵀ / √d_k + mask) · V with per-head projections.
+
+Optional extras for decoders: rotary positions (RoPE) on queries and keys, and a functional
+KV cache ({"key", "value"} arrays [B, S, H, D]) that decoding writes one step at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fmjax.models.embeddings import apply_rotary
 from fmjax.parallel.sharding import constrain
 
 NORMAL_INIT = nnx.initializers.normal(stddev=0.02)
@@ -68,6 +73,7 @@ class MultiHeadAttention(nnx.Module):
         backend: str,
         rngs: nnx.Rngs,
         use_bias: bool = True,
+        rotary: bool = False,
     ):
         def projection(features_in, features_out, axes_in, axes_out):
             return nnx.LinearGeneral(
@@ -88,6 +94,7 @@ class MultiHeadAttention(nnx.Module):
         self.out = projection(heads, (embed_dim,), ("heads", "kv"), ("embed",))
         self.dropout_rate = dropout_rate
         self.backend = backend
+        self.rotary = rotary
 
     def __call__(
         self,
@@ -96,10 +103,31 @@ class MultiHeadAttention(nnx.Module):
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
-        """[B, L, embed] -> [B, L, embed]."""
+        positions: jax.Array | None = None,
+        cache: dict | None = None,
+        cache_index: jax.Array | int | None = None,
+    ) -> jax.Array | tuple[jax.Array, dict]:
+        """[B, L, embed] -> [B, L, embed]; with `cache`, also returns the updated cache.
+
+        positions [B, L]: token positions for rotary embeddings (rotary modules only).
+        cache: {"key", "value"} [B, S, H, D]; this call's keys/values are written at slots
+        cache_index .. cache_index + L and attention runs over all S slots (`mask` is then
+        [B, 1, L, S] and decides which slots are visible).
+        """
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         query, key, value = (constrain(p(x), head_axes) for p in (self.query, self.key, self.value))
+        if self.rotary:
+            if positions is None:
+                raise ValueError("a rotary attention module needs token positions")
+            query, key = apply_rotary(query, positions), apply_rotary(key, positions)
+        new_cache = None
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            key = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
+            value = jax.lax.dynamic_update_slice(
+                cache["value"], value.astype(cache["value"].dtype), start
+            )
+            new_cache = {"key": key, "value": value}
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = rngs.dropout()
@@ -113,4 +141,5 @@ class MultiHeadAttention(nnx.Module):
             deterministic=deterministic,
             backend=self.backend,
         )
-        return self.out(constrain(attended, head_axes))
+        out = self.out(constrain(attended, head_axes))
+        return out if new_cache is None else (out, new_cache)

@@ -68,6 +68,8 @@ class Block(nnx.Module):
             dtype=dtype,
             backend=config.attention_backend,
             rngs=rngs,
+            use_bias=config.get("use_bias", True),
+            rotary=config.get("position_embedding", "learned") == "rotary",
         )
         self.mlp = Mlp(config.embed_dim, config.mlp_dim, dtype=dtype, rngs=rngs)
         self.attention_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
@@ -83,14 +85,30 @@ class Block(nnx.Module):
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
+        positions: jax.Array | None = None,
+        cache: dict | None = None,
+        cache_index: jax.Array | int | None = None,
+    ) -> jax.Array | tuple[jax.Array, dict]:
+        """[B, L, embed] -> [B, L, embed]; with a KV `cache`, also the updated cache."""
+        new_cache = None
+
         def drop(y):
             return self.dropout(y, deterministic=deterministic, rngs=rngs)
 
         def attention(y):
-            return self.attention(
-                y.astype(self.dtype), mask, deterministic=deterministic, rngs=rngs
+            nonlocal new_cache
+            out = self.attention(
+                y.astype(self.dtype),
+                mask,
+                deterministic=deterministic,
+                rngs=rngs,
+                positions=positions,
+                cache=cache,
+                cache_index=cache_index,
             )
+            if cache is not None:
+                out, new_cache = out
+            return out
 
         def mlp(y):
             return self.mlp(y.astype(self.dtype))
@@ -101,7 +119,8 @@ class Block(nnx.Module):
         else:
             x = self.attention_norm(x + drop(attention(x)))
             x = self.mlp_norm(x + drop(mlp(x)))
-        return constrain(x, HIDDEN_AXES)
+        x = constrain(x, HIDDEN_AXES)
+        return x if cache is None else (x, new_cache)
 
 
 class Stack(nnx.Module):
@@ -122,7 +141,26 @@ class Stack(nnx.Module):
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
-        return x if self.final_norm is None else self.final_norm(x)
+        positions: jax.Array | None = None,
+        cache: list[dict] | None = None,
+        cache_index: jax.Array | int | None = None,
+    ) -> jax.Array | tuple[jax.Array, list[dict]]:
+        """[B, L, embed] -> [B, L, embed]; with `cache` (one KV cache per layer), also the
+        updated caches. positions [B, L] feed rotary attention."""
+        new_caches = []
+        for i, layer in enumerate(self.layers):
+            if cache is None:
+                x = layer(x, mask, deterministic=deterministic, rngs=rngs, positions=positions)
+            else:
+                x, layer_cache = layer(
+                    x,
+                    mask,
+                    deterministic=deterministic,
+                    rngs=rngs,
+                    positions=positions,
+                    cache=cache[i],
+                    cache_index=cache_index,
+                )
+                new_caches.append(layer_cache)
+        x = x if self.final_norm is None else self.final_norm(x)
+        return x if cache is None else (x, new_caches)

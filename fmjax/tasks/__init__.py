@@ -1,7 +1,8 @@
 """Training objectives: each task knows its batch, loss, metrics and FLOPs per example.
 
 A task's metrics are `{name: (sum, count)}` pairs; the trainer adds them up over steps or eval
-batches and reports sum / count, so averages are weighted correctly.
+batches and reports sum / count, so averages are weighted correctly. A task may also define
+`derived_metrics(values) -> dict` (e.g. perplexity from the mean loss), added to eval results.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from fmjax.config import ConfigError
 
 def build_task(config: ml_collections.ConfigDict):
     """The task object named by config.task.name."""
+    from fmjax.tasks.causal_lm import CausalLanguageModeling
     from fmjax.tasks.mlm import MaskedLanguageModeling
 
-    tasks = {"mlm": MaskedLanguageModeling}
+    tasks = {"mlm": MaskedLanguageModeling, "causal_lm": CausalLanguageModeling}
     name = config.task.get("name", "")
     if name not in tasks:
         raise ConfigError(f"unknown task.name {name!r}; known tasks: {sorted(tasks)}")

@@ -68,7 +68,9 @@ class _Run:
             self.program.eval_step(params, shard_batch(_process_rows(batch), self.mesh))
             for batch in eval_batches
         ]
-        return summarize(metrics)
+        values = summarize(metrics)
+        derived_metrics = getattr(self.task, "derived_metrics", None)
+        return values if derived_metrics is None else {**values, **derived_metrics(values)}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
