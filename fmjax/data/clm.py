@@ -12,10 +12,8 @@ import tqdm
 
 from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.corpora import corpus_provenance as corpus_provenance_of
-from fmjax.data.corpora import load_corpus, sha256_file
-from fmjax.data.mlm import _save_npy, corpus_dir_name
 from fmjax.data.pipeline import Loader, fixed_batches, make_loader
+from fmjax.data.prepared import corpus_dir, prepare_tokenized_corpus
 from fmjax.data.text import causal_lm_example, pack_documents
 
 ENCODE_CHUNK = 64  # documents per encode_batch call (one progress-bar tick)
@@ -34,7 +32,7 @@ class ClmData:
 
 def tokenizer_path(config: Any) -> str:
     """Where the byte-level BPE of config.data.corpus at config.model.vocab_size is saved."""
-    return os.path.join(_corpus_dir(config), f"byte-bpe-{int(config.model.vocab_size)}.json")
+    return os.path.join(corpus_dir(config), f"byte-bpe-{int(config.model.vocab_size)}.json")
 
 
 def load_tokenizer(config: Any) -> tokenizers.Tokenizer:
@@ -64,83 +62,47 @@ def encode_documents(tok: tokenizers.Tokenizer, documents: list[list[str]], desc
     return out
 
 
+def _pack_split(config: Any):
+    seq_len = int(config.data.seq_len)
+
+    def pack(tok: tokenizers.Tokenizer, documents: list[list[str]], desc: str) -> np.ndarray:
+        ids = encode_documents(tok, documents, desc=f"tokenizing {desc}")
+        tokens, segments = pack_documents(ids, seq_len, pad_id=tokenizer_lib.END_OF_TEXT_ID)
+        return np.stack([tokens, segments], axis=1)  # [N, 2, L]
+
+    return pack
+
+
 def build_clm_data(config: Any) -> ClmData:
     """Builds (or loads from the data dir cache) the causal-LM train loader and eval batches."""
-    data = config.data
-    seq_len = int(data.seq_len)
-    target_vocab = int(config.model.vocab_size)
-    corpus_dir = _corpus_dir(config)
-    tok_path = tokenizer_path(config)
-    cache = {
-        split: os.path.join(corpus_dir, f"clm-seq{seq_len}-bpe{target_vocab}-{split}.npy")
-        for split in ("train", "validation")
-    }
-
-    corpus = None
-    if not (os.path.exists(tok_path) and all(map(os.path.exists, cache.values()))):
-        corpus = load_corpus(data)
-        corpus_provenance = corpus.provenance
-    else:
-        corpus_provenance = corpus_provenance_of(data)
-    tok = tokenizer_lib.train_or_load_byte_bpe(
-        (s for doc in (corpus.train if corpus else []) for s in doc), target_vocab, tok_path
+    seq_len, vocab = int(config.data.seq_len), int(config.model.vocab_size)
+    prepared = prepare_tokenized_corpus(
+        config,
+        tokenizer_kind="byte_bpe",
+        tokenizer_file=os.path.basename(tokenizer_path(config)),
+        train_tokenizer=tokenizer_lib.train_or_load_byte_bpe,
+        cache_prefix=f"clm-seq{seq_len}-bpe{vocab}",
+        pack_split=_pack_split(config),
+        example_shape=(2, seq_len),
     )
-    vocab_size = tok.get_vocab_size()
-    if vocab_size > target_vocab:
-        raise ConfigError(
-            f"tokenizer {tok_path} has {vocab_size} tokens > model.vocab_size={target_vocab}; "
-            f"raise model.vocab_size to {vocab_size} or delete the tokenizer file"
-        )
-    arrays = {}
-    for split, path in cache.items():
-        if not os.path.exists(path):
-            docs = corpus.train if split == "train" else corpus.validation
-            ids = encode_documents(tok, docs, desc=f"tokenizing {data.corpus} {split}")
-            tokens, segments = pack_documents(ids, seq_len, pad_id=tokenizer_lib.END_OF_TEXT_ID)
-            _save_npy(path, np.stack([tokens, segments], axis=1))  # [N, 2, L]
-        arrays[split] = np.load(path, mmap_mode="r")
-        if arrays[split].ndim != 3 or arrays[split].shape[1:] != (2, seq_len):
-            raise ConfigError(
-                f"cached sequences {path} have shape {arrays[split].shape}, "
-                f"expected [N, 2, {seq_len}]; delete the file to rebuild it"
-            )
-
     batch_size = int(config.train.batch_size)
     train = make_loader(
-        arrays["train"], _example, global_batch_size=batch_size, seed=int(config.seed)
+        prepared.arrays["train"], _example, global_batch_size=batch_size, seed=int(config.seed)
     )
     eval_batches = fixed_batches(
-        arrays["validation"],
+        prepared.arrays["validation"],
         _example,
         batch_size=batch_size,
         num_batches=int(config.train.eval_batches),
         seed=int(config.seed),
     )
-    provenance = {
-        **corpus_provenance,
-        "tokenizer": {
-            "path": tok_path,
-            "sha256": sha256_file(tok_path),
-            "kind": "byte_bpe",
-            "vocab_size": vocab_size,
-        },
-        "seq_len": seq_len,
-        "num_train_sequences": int(arrays["train"].shape[0]),
-        "num_eval_sequences": int(arrays["validation"].shape[0]),
-        "sequence_files": {split: os.path.basename(path) for split, path in cache.items()},
-    }
     return ClmData(
         train=train,
         eval_batches=eval_batches,
-        tokenizer=tok,
-        vocab_size=vocab_size,
-        provenance=provenance,
+        tokenizer=prepared.tokenizer,
+        vocab_size=prepared.vocab_size,
+        provenance={**prepared.provenance, "seq_len": seq_len},
     )
-
-
-def _corpus_dir(config: Any) -> str:
-    data_dir = os.path.expanduser(str(config.data.data_dir))
-    return os.path.join(data_dir, corpus_dir_name(str(config.data.corpus)))
 
 
 def _example(row: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
