@@ -1,8 +1,7 @@
 """BERT-base masked-LM pretraining (Devlin et al. 2019): 12 layers, hidden 768, 12 heads.
 
-Corpus: GCIDE by default (the larger Debian corpus); `--config.data.corpus=tfds:wikipedia` for
-users with a prepared TFDS wikipedia. Presets: `bert_base.py:gcide` (default),
-`bert_base.py:kernel_docs`. Check the sharding on a laptop first:
+Corpus: GCIDE (the larger Debian corpus); `--config.data.corpus=tfds:wikipedia` for users with
+a prepared TFDS wikipedia. Check the sharding on a laptop first:
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m fmjax.main \
         --config experiments/bert_base.py --workdir runs/bert_base --mode=compile \
         --config.mesh.fsdp=8
@@ -63,7 +62,6 @@ def bert_pretraining_config(model: ml_collections.ConfigDict, corpus: str):
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-    corpus = {None: "gcide", "gcide": "gcide", "kernel_docs": "kernel_docs"}.get(preset)
-    if corpus is None:
-        raise ValueError(f"unknown preset {preset!r} for bert_base (known: gcide, kernel_docs)")
-    return bert_pretraining_config(bert_base_model(), corpus)
+    if preset:
+        raise ValueError(f"bert_base has no preset {preset!r}; override fields with --config.*")
+    return bert_pretraining_config(bert_base_model(), "gcide")

@@ -1,6 +1,6 @@
 """BERT-large masked-LM pretraining: 24 layers, hidden 1024, 16 heads, FFN 4096.
 
-Same recipe and corpus presets as bert_base.py; shard it with fsdp on real hardware:
+Same recipe and corpus as bert_base.py; shard it with fsdp on real hardware:
     --config.mesh.fsdp=-1 --config.mesh.data=1
 """
 

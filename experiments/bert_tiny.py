@@ -37,7 +37,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.model = bert_model()
     config.task = ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
-    config.data.corpus = "shakespeare"  # shakespeare | gcide | kernel_docs | tfds:<name>
+    config.data.corpus = "shakespeare"  # shakespeare | gcide | tfds:<name>
     config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
     config.data.seq_len = 128
 
