@@ -28,6 +28,8 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("token_type", None),
     ("norm", None),
     ("embed_transform", None),
+    ("patch", None),  # flattened p*p*C pixels of an image patch (ViT patch embedding)
+    ("classes", None),  # classification head outputs
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),
@@ -94,7 +96,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Config sections a workdir's checkpoints depend on: resuming with other values is refused.
-RUN_IDENTITY_FIELDS = ("model", "task", "data.corpus", "data.seq_len", "seed")
+RUN_IDENTITY_FIELDS = (
+    "model",
+    "task",
+    "data.corpus",
+    "data.seq_len",
+    "data.dataset",
+    "data.image_size",
+    "seed",
+)
 
 
 def validate_config(

@@ -1,4 +1,4 @@
-"""Token and position embeddings: learned, sinusoidal and rotary (RoPE)."""
+"""Token and position embeddings (learned, sinusoidal, rotary (RoPE)) and patch embedding."""
 
 from __future__ import annotations
 
@@ -42,3 +42,30 @@ def apply_rotary(x: jax.Array, positions: jax.Array, max_timescale: float = 10_0
     first, second = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
     return rotated.astype(x.dtype)
+
+
+class PatchEmbedding(nnx.Module):
+    """Linear projection of flattened image patches [B, N, patch_dim] -> [B, N, embed_dim].
+
+    The same map as a stride-p convolution with a p x p kernel, written as a matmul over the
+    output of `fmjax.models.vit.patchify`; kernel on logical axes ('patch', 'embed').
+    """
+
+    def __init__(self, patch_dim: int, embed_dim: int, *, dtype, rngs: nnx.Rngs):
+        # LeCun-normal fan-in init, as the ViT reference initializes its patch convolution.
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(
+            nnx.with_partitioning(init, ("patch", "embed"))(
+                rngs.params(), (patch_dim, embed_dim), jnp.float32
+            )
+        )
+        self.bias = nnx.Param(
+            nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(
+                rngs.params(), (embed_dim,), jnp.float32
+            )
+        )
+        self.dtype = dtype
+
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        kernel, bias = self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype)
+        return jnp.einsum("bnp,pd->bnd", patches.astype(self.dtype), kernel) + bias

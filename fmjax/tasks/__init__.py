@@ -15,9 +15,14 @@ from fmjax.config import ConfigError
 def build_task(config: ml_collections.ConfigDict):
     """The task object named by config.task.name."""
     from fmjax.tasks.causal_lm import CausalLanguageModeling
+    from fmjax.tasks.image_classification import ImageClassification
     from fmjax.tasks.mlm import MaskedLanguageModeling
 
-    tasks = {"mlm": MaskedLanguageModeling, "causal_lm": CausalLanguageModeling}
+    tasks = {
+        "mlm": MaskedLanguageModeling,
+        "causal_lm": CausalLanguageModeling,
+        "image_classification": ImageClassification,
+    }
     name = config.task.get("name", "")
     if name not in tasks:
         raise ConfigError(f"unknown task.name {name!r}; known tasks: {sorted(tasks)}")

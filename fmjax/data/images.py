@@ -1,0 +1,287 @@
+"""Image classification data: augmentation, normalization, train loader and full-split eval batches.
+
+Datasets (config.data.dataset):
+  "fashion_mnist"      28x28 grayscale, from the Debian package via the TFDS builder in
+                       fmjax/data/corpora/fashion_mnist.py; train: random crop with zero padding
+                       and horizontal flip; eval: the 10,000 test images as they are.
+  "tfds:imagenet2012"  an ImageNet the user has already prepared with TFDS (array_record) under
+                       data_dir/tfds; never downloaded. Train: Inception crop + flip; eval: resize
+                       the short side to image_size * 256/224, center crop (needs pillow).
+Augmentation randomness comes from the per-example rng of fmjax.data.pipeline, so every image's
+crop and flip are a pure function of (seed, stream position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fmjax.config import ConfigError
+from fmjax.data.pipeline import Loader, example_rng, make_loader
+
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the 60,000 training pixels in [0, 1]
+IMAGENET_RESIZE_RATIO = 256 / 224  # eval: short side to 256 for a 224 crop (standard)
+KNOWN_DATASETS = ("fashion_mnist", "tfds:<name> (e.g. tfds:imagenet2012)")
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Everything the trainer needs for image classification."""
+
+    train: Loader
+    eval_batches: Sequence[dict[str, np.ndarray]]
+    num_classes: int
+    provenance: dict
+
+
+class EvalBatches(Sequence):
+    """Every example of an eval split in order, in batches of batch_size; built on access.
+
+    The last batch is padded with copies of example 0 at weight 0, so metrics weighted by
+    `weights` count each real image exactly once.
+    """
+
+    def __init__(self, source: Any, transform: Callable, batch_size: int, seed: int):
+        if len(source) == 0:
+            raise ConfigError("the evaluation split is empty; check data.dataset")
+        self.source, self.transform = source, transform
+        self.batch_size, self.seed = batch_size, seed
+        self.num_examples = len(source)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start = index * self.batch_size
+        rows = []
+        for i in range(start, start + self.batch_size):
+            real = i < self.num_examples
+            row = self.transform(self.source[i if real else 0], example_rng(self.seed, i))
+            row["weights"] = np.float32(1.0 if real else 0.0)
+            rows.append(row)
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+# --- augmentation and normalization (pure functions of an image and an rng) ---
+
+
+def random_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+    """An H x W crop of the image zero-padded by `padding` pixels on every side."""
+    if padding <= 0:
+        return image
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    top, left = rng.integers(0, 2 * padding + 1, size=2)
+    return padded[top : top + height, left : left + width]
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image mirrored left-right with probability 1/2."""
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 pixels -> float32 (x / 255 - mean) / std."""
+    return ((image.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def fashion_mnist_example(
+    example: dict, rng: np.random.Generator, *, train: bool, crop_padding: int, flip: bool
+) -> dict[str, np.ndarray]:
+    """One Fashion-MNIST example -> {"images" [28, 28, 1] float32, "labels", "weights"}."""
+    image = np.asarray(example["image"], np.uint8)
+    if train:
+        image = random_crop(image, crop_padding, rng)
+        if flip:
+            image = random_flip(image, rng)
+    return {
+        "images": normalize(image, FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+        "labels": np.int32(example["label"]),
+        "weights": np.float32(1.0),
+    }
+
+
+def inception_crop_box(
+    height: int, width: int, rng: np.random.Generator, area_range=(0.08, 1.0), attempts: int = 10
+) -> tuple[int, int, int, int]:
+    """(top, left, crop_height, crop_width) of an Inception-style random resized crop."""
+    log_ratio = (math.log(3 / 4), math.log(4 / 3))
+    for _ in range(attempts):
+        area = height * width * rng.uniform(*area_range)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        crop_w = int(round(math.sqrt(area * ratio)))
+        crop_h = int(round(math.sqrt(area / ratio)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    side = min(height, width)  # fallback: the central square
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    resized = Image.fromarray(image).resize((width, height), Image.BILINEAR)
+    return np.asarray(resized, np.uint8).reshape(height, width, -1)
+
+
+def imagenet_example(
+    example: dict, rng: np.random.Generator, *, train: bool, image_size: int
+) -> dict[str, np.ndarray]:
+    """One decoded ImageNet example -> {"images" [S, S, 3] float32 in [-1, 1], "labels", ...}."""
+    image = np.asarray(example["image"], np.uint8)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    height, width = image.shape[:2]
+    if train:
+        top, left, crop_h, crop_w = inception_crop_box(height, width, rng)
+        image = _resize(image[top : top + crop_h, left : left + crop_w], image_size, image_size)
+        image = random_flip(image, rng)
+    else:
+        short = int(round(image_size * IMAGENET_RESIZE_RATIO))
+        scale = short / min(height, width)
+        new_h, new_w = max(short, round(height * scale)), max(short, round(width * scale))
+        image = _resize(image, new_h, new_w)
+        top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
+        image = image[top : top + image_size, left : left + image_size]
+    return {
+        "images": (image.astype(np.float32) / 127.5 - 1.0).astype(np.float32),  # big_vision range
+        "labels": np.int32(example["label"]),
+        "weights": np.float32(1.0),
+    }
+
+
+# --- datasets ---
+
+
+def _data_dir(config: Any) -> str:
+    return os.path.expanduser(str(config.data.data_dir))
+
+
+def _fashion_mnist(config: Any) -> tuple[Any, Any, Callable, Callable, dict, int]:
+    from fmjax.data.corpora.fashion_mnist import CLASS_NAMES, IMAGE_SHAPE, FashionMnist
+
+    if int(config.data.image_size) != IMAGE_SHAPE[0]:
+        raise ConfigError(
+            f"data.image_size={config.data.image_size}, but Fashion-MNIST images are 28x28; "
+            "set --config.data.image_size=28 (and model.image_size=28)"
+        )
+    source_dir = os.path.expanduser(str(config.data.get("source_dir", "") or ""))
+    builder = FashionMnist(data_dir=os.path.join(_data_dir(config), "tfds"), source_dir=source_dir)
+    builder.download_and_prepare()
+    augment = dict(
+        crop_padding=int(config.data.get("crop_padding", 4)),
+        flip=bool(config.data.get("random_flip", True)),
+    )
+    provenance = {
+        "dataset": "fashion_mnist",
+        **dict(builder.info.metadata),
+        "tfds_name": builder.name,
+        "tfds_version": str(builder.version),
+        "augmentation": augment,
+    }
+    return (
+        builder.as_data_source(split="train"),
+        builder.as_data_source(split="test"),
+        functools.partial(fashion_mnist_example, train=True, **augment),
+        functools.partial(fashion_mnist_example, train=False, **augment),
+        provenance,
+        len(CLASS_NAMES),
+    )
+
+
+def _tfds_images(config: Any, tfds_name: str) -> tuple[Any, Any, Callable, Callable, dict, int]:
+    import tensorflow_datasets as tfds
+
+    tfds_dir = os.path.join(_data_dir(config), "tfds")
+    hint = (
+        f"fmjax never downloads it: prepare it yourself, e.g. 'tfds build {tfds_name} "
+        f"--data_dir={tfds_dir} --file_format=array_record' (ImageNet needs the manual "
+        "download), or set --config.data.data_dir to the folder whose tfds/ holds it"
+    )
+    try:
+        builder = tfds.builder(tfds_name, data_dir=tfds_dir, file_format="array_record")
+    except Exception as e:  # noqa: BLE001 - any failure here is a user data problem
+        raise ConfigError(
+            f"TFDS dataset {tfds_name!r} not found ({type(e).__name__}); {hint}"
+        ) from e
+    if not builder.is_prepared():
+        raise ConfigError(f"TFDS dataset {tfds_name!r} is not prepared in {tfds_dir}; {hint}")
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ConfigError(f"TFDS dataset {tfds_name!r} has no 'image' and 'label' features")
+    eval_split = next((s for s in ("validation", "test") if s in builder.info.splits), None)
+    if eval_split is None or "train" not in builder.info.splits:
+        raise ConfigError(f"TFDS dataset {tfds_name!r} needs a train and a validation/test split")
+    try:
+        import PIL  # noqa: F401 - TFDS decodes JPEGs with pillow (or OpenCV) without TensorFlow
+    except ImportError as e:
+        raise ConfigError(f"decoding {tfds_name} images needs pillow: pip install pillow") from e
+    try:
+        train_source = builder.as_data_source(split="train")
+        eval_source = builder.as_data_source(split=eval_split)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"TFDS dataset {tfds_name!r} cannot be read as array_record; {hint}"
+        ) from e
+    image_size = int(config.data.image_size)
+    provenance = {
+        "dataset": f"tfds:{tfds_name}",
+        "tfds_name": builder.name,
+        "tfds_version": str(builder.version),
+        "eval_split": eval_split,
+        "num_train_examples": len(train_source),
+        "num_eval_examples": len(eval_source),
+    }
+    return (
+        train_source,
+        eval_source,
+        functools.partial(imagenet_example, train=True, image_size=image_size),
+        functools.partial(imagenet_example, train=False, image_size=image_size),
+        provenance,
+        int(features["label"].num_classes),
+    )
+
+
+def build_image_data(config: Any) -> ImageData:
+    """The train loader, the full eval split in fixed batches, and provenance for config.data."""
+    name = str(config.data.get("dataset", ""))
+    if name == "fashion_mnist":
+        parts = _fashion_mnist(config)
+    elif name.startswith("tfds:") and len(name) > 5:
+        parts = _tfds_images(config, name[5:])
+    else:
+        raise ConfigError(
+            f"unknown data.dataset={name!r}; known datasets: {', '.join(KNOWN_DATASETS)}"
+        )
+    train_source, eval_source, train_transform, eval_transform, provenance, num_classes = parts
+    model = config.model
+    if int(model.num_classes) != num_classes:
+        raise ConfigError(
+            f"model.num_classes={model.num_classes}, but {name} has {num_classes} classes; "
+            f"set --config.model.num_classes={num_classes}"
+        )
+    if int(model.image_size) != int(config.data.image_size):
+        raise ConfigError(
+            f"model.image_size={model.image_size} differs from data.image_size="
+            f"{config.data.image_size}; set both to the same size"
+        )
+    batch_size, seed = int(config.train.batch_size), int(config.seed)
+    train = make_loader(train_source, train_transform, global_batch_size=batch_size, seed=seed)
+    # Eval takes no randomness, but the transform signature carries an rng all the same.
+    eval_batches = EvalBatches(eval_source, eval_transform, batch_size, seed)
+    provenance["num_eval_batches"] = len(eval_batches)
+    return ImageData(
+        train=train, eval_batches=eval_batches, num_classes=num_classes, provenance=provenance
+    )

@@ -1,0 +1,116 @@
+"""ViT (Dosovitskiy et al. 2021): patch embedding, pre-LN encoder and a classification head.
+
+Config fields (config.model): image_size, patch_size, num_channels, num_classes, embed_dim,
+num_layers, num_heads, head_dim, mlp_dim, pooling ("cls": a learned class token, as in the paper;
+"gap": mean of the patch outputs, as in big_vision's "Better plain ViT baselines"),
+dropout_rate, attention_dropout_rate, layer_norm_epsilon, norm_position ("pre"),
+compute_dtype, attention_backend.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from fmjax.config import ConfigError
+from fmjax.models.embeddings import Embedding, PatchEmbedding
+from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
+from fmjax.parallel.sharding import constrain
+
+POOLINGS = ("cls", "gap")
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C]: patches in row-major order, pixels (y, x, c)."""
+    batch, height, width, channels = images.shape
+    rows, cols = height // patch_size, width // patch_size
+    x = images.reshape(batch, rows, patch_size, cols, patch_size, channels)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, rows, cols, p, p, C]
+    return x.reshape(batch, rows * cols, patch_size * patch_size * channels)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int) -> jax.Array:
+    """The inverse of patchify: [B, N, p*p*C] -> [B, H, W, C]."""
+    batch, _, patch_dim = patches.shape
+    rows, cols = height // patch_size, width // patch_size
+    channels = patch_dim // (patch_size * patch_size)
+    x = patches.reshape(batch, rows, cols, patch_size, patch_size, channels)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, rows, p, cols, p, C]
+    return x.reshape(batch, height, width, channels)
+
+
+def num_patches(config: ml_collections.ConfigDict) -> int:
+    """Patches per image: (image_size / patch_size)^2."""
+    return (config.image_size // config.patch_size) ** 2
+
+
+def num_tokens(config: ml_collections.ConfigDict) -> int:
+    """Encoder sequence length: the patches, plus the class token when pooling is "cls"."""
+    return num_patches(config) + (1 if config.pooling == "cls" else 0)
+
+
+class VisionTransformer(nnx.Module):
+    """Image [B, H, W, C] -> class logits [B, num_classes]."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        if config.image_size % config.patch_size:
+            raise ConfigError(
+                f"model.image_size={config.image_size} is not a multiple of "
+                f"model.patch_size={config.patch_size}; change one of them"
+            )
+        if config.pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling must be one of {POOLINGS}, got {config.pooling!r}")
+        if config.norm_position != "pre":
+            raise ConfigError("ViT uses pre-LN blocks: set model.norm_position='pre'")
+        dtype = compute_dtype(config)
+        d = config.embed_dim
+        self.patch_size = config.patch_size
+        self.pooling = config.pooling
+        patch_dim = config.patch_size * config.patch_size * config.num_channels
+        self.patch_embed = PatchEmbedding(patch_dim, d, dtype=dtype, rngs=rngs)
+        self.cls_token = (
+            nnx.Param(
+                nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(
+                    rngs.params(), (d,), jnp.float32
+                )
+            )
+            if config.pooling == "cls"
+            else None
+        )
+        self.position_embed = Embedding(num_tokens(config), d, "position", dtype=dtype, rngs=rngs)
+        self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        self.encoder = Stack(config, rngs=rngs)  # pre-LN: ends with the final LayerNorm
+        # Zero-initialized head (ViT / big_vision): every class starts at the same logit.
+        self.head = nnx.Linear(
+            d,
+            config.num_classes,
+            dtype=dtype,
+            kernel_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "classes")),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
+            rngs=rngs,
+        )
+        self.dtype = dtype
+
+    def encode(
+        self, images: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """Final hidden states [B, tokens, embed_dim] (float32) of float images [B, H, W, C]."""
+        x = self.patch_embed(patchify(images, self.patch_size))
+        if self.cls_token is not None:
+            cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
+            x = jnp.concatenate([cls, x], axis=1)
+        x = x + self.position_embed(jnp.arange(x.shape[1])[None, :])
+        x = x.astype(jnp.float32)  # the residual stream is float32 (blocks cast for matmuls)
+        x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
+        return self.encoder(x, None, deterministic=deterministic, rngs=rngs)
+
+    def __call__(
+        self, images: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """Class logits float32 [B, num_classes]."""
+        hidden = self.encode(images, deterministic=deterministic, rngs=rngs)
+        pooled = hidden[:, 0] if self.pooling == "cls" else jnp.mean(hidden, axis=1)
+        logits = self.head(pooled.astype(self.dtype)).astype(jnp.float32)
+        return constrain(logits, ("activation_batch", None))
