@@ -30,6 +30,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("embed_transform", None),
     ("patch", None),  # flattened p*p*C pixels of an image patch (ViT patch embedding)
     ("classes", None),  # classification head outputs
+    ("projection", None),  # contrastive towers' shared embedding space
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),

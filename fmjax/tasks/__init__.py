@@ -2,7 +2,9 @@
 
 A task's metrics are `{name: (sum, count)}` pairs; the trainer adds them up over steps or eval
 batches and reports sum / count, so averages are weighted correctly. A task may also define
-`derived_metrics(values) -> dict` (e.g. perplexity from the mean loss), added to eval results.
+`derived_metrics(values) -> dict` (e.g. perplexity from the mean loss), added to eval results,
+or `evaluate(program, params, eval_batches) -> dict` to replace the per-batch sums when a metric
+needs the whole split at once (retrieval recall over all held-out pairs).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fmjax.config import ConfigError
 def build_task(config: ml_collections.ConfigDict):
     """The task object named by config.task.name."""
     from fmjax.tasks.causal_lm import CausalLanguageModeling
+    from fmjax.tasks.contrastive import ContrastiveImageText
     from fmjax.tasks.image_classification import ImageClassification
     from fmjax.tasks.mlm import MaskedLanguageModeling
 
@@ -22,6 +25,7 @@ def build_task(config: ml_collections.ConfigDict):
         "mlm": MaskedLanguageModeling,
         "causal_lm": CausalLanguageModeling,
         "image_classification": ImageClassification,
+        "contrastive": ContrastiveImageText,
     }
     name = config.task.get("name", "")
     if name not in tasks:

@@ -1,0 +1,245 @@
+"""Contrastive image-text pretraining: CLIP softmax or SigLIP sigmoid loss, retrieval eval, FLOPs.
+
+The loss uses the GLOBAL batch as negatives. The train step is one jit over the whole mesh, so
+inside it the embeddings are global [B, D] arrays whose rows are split over the data-parallel
+mesh axes; the text embeddings are constrained to be replicated (GSPMD inserts the all-gather of
+B x D floats, the "gather the other tower" scheme of CLIP), and the logits [B, B] keep their rows
+on the image's devices with every column present. Column reductions (CLIP's text->image softmax)
+become cross-device reductions. The loss is therefore the same function of the same global batch
+on 1 or 8 devices (tests/test_contrastive.py checks it), at O(B^2) memory spread over the devices.
+
+Eval embeds the whole held-out split (not batch by batch) and reports image->text and
+text->image recall@1/@5 among all held-out pairs, the loss over the whole split, and zero-shot
+accuracy: each held-out image with a class gets the class whose prompt ("an emoji of a {class}")
+embeds closest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from fmjax.config import ConfigError
+from fmjax.models.vit import num_patches, num_tokens
+from fmjax.parallel.sharding import constrain, shard_batch
+
+LOSSES = ("clip", "siglip")
+RECALL_AT = (1, 5)
+LOGITS_AXES = ("activation_batch", None)  # rows (images) split like the batch, all columns
+
+
+def similarity_logits(
+    image_embeddings: jax.Array, text_embeddings: jax.Array, scale: jax.Array, bias: jax.Array
+) -> jax.Array:
+    """[B, B] float32: scale * cosine(image i, text j) + bias (embeddings are unit-norm)."""
+    cosine = jnp.einsum(
+        "id,jd->ij", image_embeddings.astype(jnp.float32), text_embeddings.astype(jnp.float32)
+    )
+    return scale * cosine + bias
+
+
+def clip_loss(logits: jax.Array) -> jax.Array:
+    """Per-pair CLIP loss [B]: the mean of the image->text and text->image cross-entropies.
+
+    Pair i's target is the diagonal entry: row i over all texts, column i over all images.
+    """
+    logits = logits.astype(jnp.float32)
+    diagonal = jnp.diagonal(logits)
+    image_to_text = jax.nn.logsumexp(logits, axis=1) - diagonal
+    text_to_image = jax.nn.logsumexp(logits, axis=0) - diagonal
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def siglip_loss(logits: jax.Array) -> jax.Array:
+    """Per-image SigLIP loss [B]: -sum_j log sigmoid(z_ij * logits_ij), z = +1 on the diagonal,
+    -1 elsewhere; its mean over images is the paper's -1/|B| sum_i sum_j."""
+    logits = logits.astype(jnp.float32)
+    signs = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits), axis=1)
+
+
+def recall_at_k(similarities: np.ndarray, k: int) -> float:
+    """Fraction of rows whose own column (the diagonal) is among its k highest; ties count
+    against it (the rank is the number of columns scoring at least as high, others included)."""
+    similarities = np.asarray(similarities, np.float64)
+    diagonal = np.diagonal(similarities)[:, None]
+    rank = np.sum(similarities >= diagonal, axis=1) - 1  # columns tied or above, besides itself
+    return float(np.mean(rank < k))
+
+
+class ContrastiveImageText:
+    """Match each image with its caption among all pairs of the global batch."""
+
+    name = "contrastive"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.loss = str(config.task.get("loss", "clip"))
+        if self.loss not in LOSSES:
+            raise ConfigError(f"task.loss must be one of {LOSSES}, got {self.loss!r}")
+        if int(config.train.get("grad_accum_steps", 1)) > 1:
+            raise ConfigError(
+                "the contrastive loss takes its negatives from the whole batch, which "
+                "microbatches would shrink: set train.grad_accum_steps=1"
+            )
+        image = config.model.image
+        self.image_shape = (int(image.image_size), int(image.image_size), int(image.num_channels))
+        self.seq_len = int(config.data.seq_len)
+        self._encoders: dict[int, tuple[Any, Any]] = {}
+
+    def build_data(self):
+        """Emoji pairs, the held-out split and zero-shot prompts (see fmjax.data.pairs)."""
+        from fmjax.data.pairs import build_pair_data
+
+        return build_pair_data(self.config)
+
+    def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and dtypes of a training batch of `batch_size` pairs."""
+        return {
+            "images": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
+            "input_ids": jax.ShapeDtypeStruct((batch_size, self.seq_len), jnp.int32),
+            "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+        }
+
+    def per_pair_loss(self, logits: jax.Array) -> jax.Array:
+        """The configured loss per pair [B] from the global logits [B, B]."""
+        return clip_loss(logits) if self.loss == "clip" else siglip_loss(logits)
+
+    def loss_and_metrics(
+        self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
+    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+        """Mean loss over the global batch, in-batch retrieval accuracy, scale and bias."""
+        image_embeddings, text_embeddings = model(
+            batch["images"], batch["input_ids"], deterministic=deterministic, rngs=rngs
+        )
+        # Every device's images meet every text of the global batch (see the module docstring).
+        text_embeddings = constrain(text_embeddings, (None, None))
+        scale, bias = model.logit_scale_and_bias()
+        if self.loss == "clip":
+            bias = jnp.zeros_like(bias)  # CLIP has no bias; its parameter stays at its init
+        logits = constrain(
+            similarity_logits(image_embeddings, text_embeddings, scale, bias), LOGITS_AXES
+        )
+        losses = self.per_pair_loss(logits)
+        count = jnp.float32(losses.shape[0])
+        targets = jnp.arange(logits.shape[0])
+        one = jnp.float32(1.0)
+        metrics = {
+            "loss": (jnp.sum(losses), count),
+            "image_to_text_accuracy": (jnp.sum(jnp.argmax(logits, axis=1) == targets), count),
+            "text_to_image_accuracy": (jnp.sum(jnp.argmax(logits, axis=0) == targets), count),
+            "logit_scale": (scale, one),
+        }
+        if self.loss == "siglip":
+            metrics["logit_bias"] = (bias, one)
+        return jnp.mean(losses), metrics
+
+    # --- evaluation over the whole held-out split -------------------------------------------
+
+    def _encoder_fns(self, program: Any) -> tuple[Any, Any]:
+        """Jitted (params, images) -> image embeddings and (params, ids) -> text embeddings."""
+        key = id(program)
+        if key not in self._encoders:
+            params_sharding = program.state_shardings["params"]
+            replicated = NamedSharding(program.mesh, PartitionSpec())
+
+            def images_fn(params, images):
+                model = nnx.merge(program.graphdef, params)
+                return model.encode_images(images, deterministic=True)
+
+            def texts_fn(params, input_ids):
+                model = nnx.merge(program.graphdef, params)
+                return model.encode_texts(input_ids, deterministic=True)
+
+            self._encoders[key] = tuple(
+                jax.jit(
+                    fn,
+                    in_shardings=(params_sharding, program.batch_sharding),
+                    out_shardings=replicated,
+                )
+                for fn in (images_fn, texts_fn)
+            )
+        return self._encoders[key]
+
+    def _embed(self, fn: Any, params: Any, rows: np.ndarray, mesh: Any) -> np.ndarray:
+        """fn over `rows` in padded global batches of train.batch_size; [len(rows), D]."""
+        batch_size = int(self.config.train.batch_size)
+        out = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), 0)])
+            local = np.array_split(padded, jax.process_count())[jax.process_index()]
+            out.append(np.asarray(fn(params, shard_batch({"x": local}, mesh)["x"]))[: len(chunk)])
+        return np.concatenate(out)
+
+    def evaluate(self, program: Any, params: Any, held_out: Any) -> dict[str, float]:
+        """Retrieval recall@k both ways, loss over all held-out pairs, zero-shot accuracy."""
+        images_fn, texts_fn = self._encoder_fns(program)
+        batches = [held_out.batches[i] for i in range(len(held_out.batches))]
+        real = np.concatenate([b["weights"] for b in batches]) > 0
+        images = np.concatenate([b["images"] for b in batches])[real]
+        input_ids = np.concatenate([b["input_ids"] for b in batches])[real]
+        labels = np.concatenate([b["labels"] for b in batches])[real]
+        image_embeddings = self._embed(images_fn, params, images, program.mesh)
+        text_embeddings = self._embed(texts_fn, params, input_ids, program.mesh)
+        prompt_embeddings = self._embed(texts_fn, params, held_out.prompt_ids, program.mesh)
+
+        similarities = image_embeddings @ text_embeddings.T  # [N images, N texts]
+        logit = params["logit"]
+        scale = float(np.exp(jax.device_get(logit["scale"])))
+        bias = float(jax.device_get(logit["bias"])) if self.loss == "siglip" else 0.0
+        losses = self.per_pair_loss(jnp.asarray(scale * similarities + bias))
+        values = {"loss": float(jnp.mean(losses)), "num_pairs": float(len(similarities))}
+        for k in RECALL_AT:
+            values[f"image_to_text_recall_at_{k}"] = recall_at_k(similarities, k)
+            values[f"text_to_image_recall_at_{k}"] = recall_at_k(similarities.T, k)
+        labeled = labels < len(held_out.class_names)
+        if labeled.any():
+            predicted = np.argmax(image_embeddings[labeled] @ prompt_embeddings.T, axis=1)
+            values["zero_shot_accuracy"] = float(np.mean(predicted == labels[labeled]))
+            values["zero_shot_images"] = float(labeled.sum())
+        return values
+
+    def tokens_per_example(self) -> int:
+        """Image patches + caption tokens (padding included) per pair."""
+        return num_patches(self.config.model.image) + self.seq_len
+
+    def train_flops_per_example(self) -> float:
+        """Model FLOPs of one training pair (forward + backward = 3 x forward).
+
+        Forward, counting 2 FLOPs per multiply-add and only matmuls (norms, softmax, pooling,
+        the loss's exp/log and the optimizer are ignored, as in the PaLM/MaxText MFU convention):
+          image patch embedding:  2 * N * P * d_i                     P = patch_size^2 * channels
+          per token and layer:    2 * (4 * d * h * k + 2 * d * f)     q, k, v, out; MLP
+                                  + 2 * 2 * T * h * k                 Q·Kᵀ and probs·V
+            over T_i image tokens (N patches, + 1 with a class token) and L text tokens,
+            each tower with its own d, h, k, f and layer count
+          projections:            2 * d_i * D + 2 * d_t * D
+          similarity logits:      2 * B * D                           the [B, B] matmul / B pairs
+        with D = projection_dim and B = train.batch_size (the global batch: every pair is
+        compared with all B captions, whatever the mesh).
+        """
+        model = self.config.model
+        image, text = model.image, model.text
+
+        def encoder(tower: ml_collections.ConfigDict, tokens: int) -> float:
+            d, h, k, f = tower.embed_dim, tower.num_heads, tower.head_dim, tower.mlp_dim
+            per_token_layer = 2 * (4 * d * h * k + 2 * d * f) + 4 * tokens * h * k
+            return tokens * tower.num_layers * per_token_layer
+
+        patch_dim = image.patch_size**2 * image.num_channels
+        projection_dim, batch_size = model.projection_dim, int(self.config.train.batch_size)
+        forward = (
+            2 * num_patches(image) * patch_dim * image.embed_dim
+            + encoder(image, num_tokens(image))
+            + encoder(text, self.seq_len)
+            + 2 * (image.embed_dim + text.embed_dim) * projection_dim
+            + 2 * batch_size * projection_dim
+        )
+        return 3.0 * forward
