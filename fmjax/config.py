@@ -90,6 +90,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.data = -1  # -1: all devices not used by the other axes
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
+    # Multi-slice / multi-host: how many slices (TPU) or process groups (hosts) each axis spans
+    # over the slow network (DCN); the axis sizes above stay the totals. 1 x 1 x 1: one slice.
+    config.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+
+    # Multi-process start-up (fmjax/parallel/distributed.py, launch/): auto | explicit | slurm |
+    # tpu | none. "auto": an explicit coordinator (below, or FMJAX_COORDINATOR,
+    # FMJAX_NUM_PROCESSES, FMJAX_PROCESS_ID), else Slurm, else a Cloud TPU VM, else one process.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.cluster = "auto"
+    config.distributed.coordinator_address = ""  # host:port of process 0
+    config.distributed.num_processes = 0  # 0: from the environment
+    config.distributed.process_id = -1  # -1: from the environment
+    config.distributed.initialization_timeout = 300  # seconds to wait for every process
 
     config.sharding = ml_collections.ConfigDict()
     config.sharding.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES

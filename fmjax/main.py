@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,7 +28,22 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "generat
 
 def _fail(message: str) -> None:
     print(f"fmjax: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    _exit(2)
+
+
+def _multi_process() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized()
+
+
+def _exit(code: int) -> None:
+    """Exits; in a multi-process job at once, without JAX's shutdown barrier, which would wait
+    for the other processes (the launcher or the coordinator's heartbeat stops those)."""
+    if _multi_process():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -78,6 +94,13 @@ def main(argv: list[str]) -> None:
         _fail("--workdir is required, e.g. --workdir runs/bert_tiny")
 
     from fmjax.config import ConfigError
+    from fmjax.parallel.distributed import initialize_distributed
+
+    try:  # before anything starts a JAX backend
+        initialize_distributed(_CONFIG.value)
+    except ConfigError as error:
+        _fail(str(error))
+
     from fmjax.train import generate, trainer
 
     run = {
@@ -92,6 +115,11 @@ def main(argv: list[str]) -> None:
         _fail(str(error))
     except KeyboardInterrupt:
         _fail("interrupted; re-run the same command to resume from the latest checkpoint")
+    except Exception:
+        if not _multi_process():
+            raise
+        traceback.print_exc()
+        _exit(1)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Device mesh from the config's `mesh` section (axes data, fsdp, tensor)."""
+"""Device mesh from the config's `mesh` section (axes data, fsdp, tensor), one or many slices."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from fmjax.config import ConfigError
@@ -39,11 +43,118 @@ def resolve_mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int)
     return sizes
 
 
+def resolve_dcn_shape(
+    mesh_config: ml_collections.ConfigDict, sizes: dict[str, int]
+) -> dict[str, int]:
+    """Slices (or process groups) per axis from `mesh.dcn`; each must divide its axis size."""
+    dcn_config = mesh_config.get("dcn") or {}
+    dcn = {axis: int(dcn_config.get(axis, 1)) for axis in MESH_AXES}
+    for axis, slices in dcn.items():
+        if slices < 1 or sizes[axis] % slices:
+            raise ConfigError(
+                f"mesh.dcn.{axis}={slices} must be a positive divisor of mesh.{axis}="
+                f"{sizes[axis]} (the axis's total size); fix --config.mesh.dcn.{axis}"
+            )
+    return dcn
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices (or `devices`), axes in Auto mode."""
+    """A (data, fsdp, tensor) mesh over all devices (or `devices`), axes in Auto mode.
+
+    With `mesh.dcn` other than all ones, the mesh is hybrid: each axis is split into
+    dcn x per-slice parts, the slow (DCN) part outermost, so collectives over an axis stay on
+    the fast interconnect (ICI, NVLink) inside a slice wherever they can.
+    """
     devices = jax.devices() if devices is None else devices
     sizes = resolve_mesh_shape(mesh_config, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
-    return jax.make_mesh(
-        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
-    )
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    dcn = resolve_dcn_shape(mesh_config, sizes)
+    if math.prod(dcn.values()) == 1:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    ici = tuple(sizes[axis] // dcn[axis] for axis in MESH_AXES)
+    device_array = hybrid_device_array(ici, tuple(dcn[axis] for axis in MESH_AXES), devices)
+    return Mesh(device_array, MESH_AXES, axis_types=axis_types)
+
+
+def hybrid_device_array(
+    ici_shape: Sequence[int], dcn_shape: Sequence[int], devices: Sequence[Any]
+) -> np.ndarray:
+    """Devices laid out as ici_shape * dcn_shape: one per-slice block per DCN mesh position.
+
+    Slices are TPU slices (devices with several `slice_index` values, as
+    mesh_utils.create_hybrid_device_mesh does), otherwise equal groups of consecutive
+    processes (hosts on a GPU cluster: Slurm numbers the tasks of a node consecutively), and
+    in a single process equal groups of its devices, standing in for slices so a multi-slice
+    config can be checked with --mode=compile on one machine.
+    """
+    num_slices = math.prod(dcn_shape)
+    slices = _slices(devices, num_slices)
+    if num_slices != len(slices):
+        raise ConfigError(
+            f"mesh.dcn {dict(zip(MESH_AXES, dcn_shape, strict=True))} multiplies to {num_slices} "
+            f"slices but the devices form {len(slices)}; make the product of mesh.dcn.* "
+            f"{len(slices)}"
+        )
+    per_slice = [
+        mesh_utils.create_device_mesh(ici_shape, group, allow_split_physical_axes=True)
+        for group in slices
+    ]
+    blocks = np.empty(tuple(dcn_shape), dtype=object)
+    for position, index in enumerate(np.ndindex(*dcn_shape)):
+        blocks[index] = per_slice[position]
+    return np.block(blocks.tolist())
+
+
+def _slices(devices: Sequence[Any], num_slices: int) -> list[list[Any]]:
+    """The devices grouped into slices: by slice_index, else by process, else evenly."""
+    slice_ids = {getattr(device, "slice_index", None) for device in devices}
+    if len(slice_ids) > 1:
+        return [[d for d in devices if d.slice_index == key] for key in sorted(slice_ids)]
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    num_processes = len({d.process_index for d in devices})
+    if num_processes > 1 and num_processes % num_slices:
+        raise ConfigError(
+            f"mesh.dcn.* multiplies to {num_slices} slices, which does not divide the "
+            f"{num_processes} processes; make it a divisor of {num_processes} (e.g. the hosts)"
+        )
+    if len(ordered) % num_slices:
+        raise ConfigError(
+            f"mesh.dcn.* multiplies to {num_slices} slices, which does not divide the "
+            f"{len(ordered)} devices; fix --config.mesh.dcn.*"
+        )
+    size = len(ordered) // num_slices
+    return [ordered[i * size : (i + 1) * size] for i in range(num_slices)]
+
+
+def process_row_blocks(process_grid: np.ndarray) -> list[list[int]]:
+    """For each process, which blocks of a global batch its devices hold, in order.
+
+    `process_grid`: the mesh's devices' process indices, shape (data, fsdp, tensor). The batch
+    is split over data x fsdp (row block = data_index * fsdp + fsdp_index), replicated over
+    tensor.
+    """
+    data, fsdp, _ = process_grid.shape
+    blocks: list[set[int]] = [set() for _ in range(int(process_grid.max()) + 1)]
+    for (d, f, _), process in np.ndenumerate(process_grid):
+        blocks[process].add(d * fsdp + f)
+    return [sorted(b) for b in blocks]
+
+
+def check_batch_rows_per_process(mesh: Mesh) -> None:
+    """ConfigError unless process p's devices hold exactly the p-th contiguous block of rows.
+
+    That block is what each process's data loader reads (every example read by one process);
+    it breaks when an axis the batch is replicated over (tensor) spans processes.
+    """
+    grid = np.vectorize(lambda d: d.process_index)(mesh.devices)
+    blocks = process_row_blocks(grid)
+    per_process = grid.shape[0] * grid.shape[1] // len(blocks)
+    for process, held in enumerate(blocks):
+        expected = list(range(process * per_process, (process + 1) * per_process))
+        if held != expected:
+            raise ConfigError(
+                f"with mesh {dict(mesh.shape)} process {process} would need batch blocks {held} "
+                f"of {grid.shape[0] * grid.shape[1]}, not its own contiguous block: keep "
+                "mesh.tensor within one host (tensor <= devices per process)"
+            )

@@ -20,14 +20,14 @@ from fmjax.config import (
     validate_config,
     write_snapshot,
 )
-from fmjax.parallel.mesh import make_mesh
+from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.train.checkpoint import Checkpointer
 from fmjax.train.metrics import MetricsWriter, model_flops_utilization, peak_flops_per_device
 from fmjax.train.preemption import PreemptionWatcher
 from fmjax.train.step import TrainProgram, abstract_batch, build_program, summarize
-from fmjax.train.workdir_lock import WorkdirLock
+from fmjax.train.workdir_lock import WorkdirLock, one_process_at_a_time
 
 
 class _Run:
@@ -39,6 +39,7 @@ class _Run:
         self.config = config
         self.task = build_task(config)
         self.mesh = make_mesh(config.mesh)
+        check_batch_rows_per_process(self.mesh)
         self.rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
 
     def __enter__(self) -> _Run:
@@ -80,7 +81,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the run in `workdir`; returns the last train and eval metrics."""
     with _Run(config) as run:
         check_workdir(config, workdir)
-        data = run.task.build_data()  # user data errors surface here, before the workdir is touched
+        data = _build_data(run)  # user data errors surface here, before the workdir is touched
         with WorkdirLock(workdir):
             write_snapshot(config, workdir, data.provenance)
             return _train_loop(run, data, workdir)
@@ -138,7 +139,7 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
                 values = summarize(pending)  # fetching the metrics waits for the steps
                 skipped = round(values.pop("nonfinite") * window_steps)
                 skipped_steps += skipped
-                if skipped:
+                if skipped and jax.process_index() == 0:
                     progress.write(f"fmjax: skipped {skipped} non-finite update(s) before {step}")
                 seconds = (time.perf_counter() - window_start) / window_steps
                 values.update(
@@ -159,7 +160,8 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
                 values = run.evaluate(state["params"], data.eval_batches)
                 writer.write(step, "eval", values)
                 summary.update({f"eval_{k}": v for k, v in values.items()})
-                progress.write(_format_metrics(step, "eval", values))
+                if jax.process_index() == 0:  # tqdm.write prints even when the bar is disabled
+                    progress.write(_format_metrics(step, "eval", values))
             stop = preemption.should_stop(step)
             position = {"step": step, "skipped_steps": skipped_steps, **data_identity}
             force = stop or step == num_steps
@@ -192,7 +194,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     with _Run(config) as run:
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
-        data = run.task.build_data()
+        data = _build_data(run)
         checkpoints = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
         restored = checkpoints.restore_latest(run.program.abstract_state)
         checkpoints.close()
@@ -270,6 +272,14 @@ def _restore_or_init(
             )
     _log(f"resumed from checkpoint step {step}")
     return state, data_state
+
+
+def _build_data(run: _Run) -> Any:
+    """The task's data; the processes of a multi-process job prepare a data dir in turn."""
+    if jax.process_count() == 1:
+        return run.task.build_data()
+    with one_process_at_a_time(str(run.config.data.get("data_dir", "."))):
+        return run.task.build_data()
 
 
 def _data_identity(provenance: dict) -> dict:
