@@ -9,48 +9,14 @@ transformers = pytest.importorskip("transformers")
 
 from fmjax.config import load_sibling_experiment  # noqa: E402
 from fmjax.models import build_model  # noqa: E402
+from fmjax.tools.hf_weights import bert_to_hf  # noqa: E402
 
 EXPERIMENTS = __file__.replace("tests/test_hf_parity.py", "experiments/x.py")
 
 
 def hf_state_dict(params: dict, num_layers: int) -> dict:
-    """fmjax BERT params (pure dict) -> HF BertForMaskedLM state dict."""
-
-    def t(x):
-        return torch.from_numpy(np.asarray(x, np.float32).copy())
-
-    def linear(prefix, dense, merge_in=False):
-        kernel = np.asarray(dense["kernel"])
-        kernel = (
-            kernel.reshape(-1, kernel.shape[-1])
-            if merge_in
-            else kernel.reshape(kernel.shape[0], -1)
-        )
-        return {f"{prefix}.weight": t(kernel.T), f"{prefix}.bias": t(np.ravel(dense["bias"]))}
-
-    def norm(prefix, layer_norm):
-        return {f"{prefix}.weight": t(layer_norm["scale"]), f"{prefix}.bias": t(layer_norm["bias"])}
-
-    out = {
-        "bert.embeddings.word_embeddings.weight": t(params["token_embed"]["embedding"]),
-        "bert.embeddings.position_embeddings.weight": t(params["position_embed"]["embedding"]),
-        "bert.embeddings.token_type_embeddings.weight": t(params["type_embed"]["embedding"]),
-        **norm("bert.embeddings.LayerNorm", params["embed_norm"]),
-        **linear("cls.predictions.transform.dense", params["mlm_transform"]),
-        **norm("cls.predictions.transform.LayerNorm", params["mlm_norm"]),
-        "cls.predictions.bias": t(params["mlm_bias"]),
-    }
-    for i in range(num_layers):
-        layer, prefix = params["encoder"]["layers"][i], f"bert.encoder.layer.{i}"
-        attention = layer["attention"]
-        for name in ("query", "key", "value"):
-            out.update(linear(f"{prefix}.attention.self.{name}", attention[name]))
-        out.update(linear(f"{prefix}.attention.output.dense", attention["out"], merge_in=True))
-        out.update(norm(f"{prefix}.attention.output.LayerNorm", layer["attention_norm"]))
-        out.update(linear(f"{prefix}.intermediate.dense", layer["mlp"]["wi"]))
-        out.update(linear(f"{prefix}.output.dense", layer["mlp"]["wo"]))
-        out.update(norm(f"{prefix}.output.LayerNorm", layer["mlp_norm"]))
-    return out
+    """fmjax BERT params (pure dict) -> HF BertForMaskedLM state dict (the export tool's map)."""
+    return {k: torch.from_numpy(v) for k, v in bert_to_hf(params, num_layers).items()}
 
 
 def test_logits_match_transformers():

@@ -62,6 +62,15 @@ def prepare_tokenized_corpus(
     target_vocab = int(config.model.vocab_size)
     directory = corpus_dir(config)
     tokenizer_path = os.path.join(directory, tokenizer_file)
+    given_tokenizer = str(config.data.get("tokenizer_file", "") or "")
+    if given_tokenizer:  # the model's own tokenizer (e.g. fmjax.tools.import_hf): never trained
+        if not os.path.isfile(given_tokenizer):
+            raise ConfigError(
+                f"data.tokenizer_file {given_tokenizer} does not exist; point it at the "
+                "tokenizer.json the model was trained with (or set it to '' to train one)"
+            )
+        tokenizer_path = given_tokenizer
+        cache_prefix = f"{cache_prefix}-tokenizer{sha256_file(given_tokenizer)[:12]}"
     cache = {split: os.path.join(directory, f"{cache_prefix}-{split}.npy") for split in SPLITS}
 
     corpus = None

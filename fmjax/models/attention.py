@@ -32,6 +32,15 @@ def segment_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> ja
     return query_segment_ids[:, None, :, None] == key_segment_ids[:, None, None, :]
 
 
+def attention_probabilities(query: jax.Array, key: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """softmax(Q Kᵀ / √d_k) in float32, [B, H, Lq, Lk], of [B, L, H, D] queries and keys."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(query.shape[-1]))
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASKED_OUT)
+    return jax.nn.softmax(scores, axis=-1)
+
+
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
@@ -47,12 +56,7 @@ def dot_product_attention(
     use_dropout = dropout_rate > 0.0 and not deterministic
     if backend == "cudnn" and not use_dropout:
         return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
-    head_dim = query.shape[-1]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(head_dim))
-    if mask is not None:
-        scores = jnp.where(mask, scores, MASKED_OUT)
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = attention_probabilities(query, key, mask)
     if use_dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
@@ -95,6 +99,8 @@ class MultiHeadAttention(nnx.Module):
         self.dropout_rate = dropout_rate
         self.backend = backend
         self.rotary = rotary
+        # fmjax.tools.attention_maps turns this on to `sow` the probabilities; off in training.
+        self.sow_attention_probabilities = False
 
     def __call__(
         self,
@@ -141,5 +147,8 @@ class MultiHeadAttention(nnx.Module):
             deterministic=deterministic,
             backend=self.backend,
         )
+        if self.sow_attention_probabilities:
+            probabilities = attention_probabilities(query, key, mask)
+            self.sow(nnx.Intermediate, "attention_probabilities", probabilities)
         out = self.out(constrain(attended, head_axes))
         return out if new_cache is None else (out, new_cache)

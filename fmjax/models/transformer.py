@@ -42,15 +42,27 @@ def layer_norm(features: int, epsilon: float, *, rngs: nnx.Rngs) -> nnx.LayerNor
     )
 
 
-class Mlp(nnx.Module):
-    """dense -> GELU (exact, as in BERT) -> dense."""
+# model.mlp_activation -> jax.nn.gelu(approximate=...): exact GELU (BERT) or the tanh
+# approximation (GPT-2's "gelu_new").
+MLP_ACTIVATIONS = {"gelu": False, "gelu_tanh": True}
 
-    def __init__(self, embed_dim: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
+
+class Mlp(nnx.Module):
+    """dense -> GELU (exact, as in BERT, or the tanh approximation of GPT-2) -> dense."""
+
+    def __init__(
+        self, embed_dim: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs, activation: str = "gelu"
+    ):
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(
+                f"model.mlp_activation must be one of {sorted(MLP_ACTIVATIONS)}, got {activation!r}"
+            )
         self.wi = dense(embed_dim, mlp_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.wo = dense(mlp_dim, embed_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.approximate_gelu = MLP_ACTIVATIONS[activation]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        hidden = jax.nn.gelu(self.wi(x), approximate=False)
+        hidden = jax.nn.gelu(self.wi(x), approximate=self.approximate_gelu)
         hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
         return self.wo(hidden)
 
@@ -71,7 +83,13 @@ class Block(nnx.Module):
             use_bias=config.get("use_bias", True),
             rotary=config.get("position_embedding", "learned") == "rotary",
         )
-        self.mlp = Mlp(config.embed_dim, config.mlp_dim, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(
+            config.embed_dim,
+            config.mlp_dim,
+            dtype=dtype,
+            rngs=rngs,
+            activation=config.get("mlp_activation", "gelu"),
+        )
         self.attention_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
         self.mlp_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout_rate)

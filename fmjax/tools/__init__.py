@@ -1,0 +1,1 @@
+"""Tools around a trained run's workdir: HF export/import, attention maps, model card, ..."""

@@ -1,0 +1,195 @@
+"""Export an fmjax BERT or GPT run as a Hugging Face `transformers` model directory.
+
+python -m fmjax.tools.export_hf --workdir runs/gpt_tiny --out runs/gpt_tiny/hf
+
+writes config.json, model.safetensors and the tokenizer (tokenizer.json + tokenizer_config.json)
+so that `transformers.AutoModelForMaskedLM` (BERT -> BertForMaskedLM) or
+`AutoModelForCausalLM` (GPT -> GPT2LMHeadModel) and `AutoTokenizer` load it with
+`from_pretrained(DIR)`. A run whose architecture `transformers` cannot express (rotary positions,
+no attention biases, pre-LN BERT, num_heads * head_dim != embed_dim) is refused with one line
+naming the field.
+
+Vocabulary padding: `model.vocab_size` may be larger than the tokenizer (padded to shard over
+`tensor`, e.g. 50257 -> 50304). Only the tokenizer's rows are exported (HF `vocab_size` = the
+tokenizer's size); the padding rows are never inputs or targets, so the logits of every real
+token are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import ml_collections
+import tokenizers
+
+from fmjax.config import ConfigError
+from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.tools.hf_weights import to_hf, weights_of
+from fmjax.tools.workdir import load_run, run_cli
+
+# fmjax model.mlp_activation <-> transformers activation names (gelu_new = GPT-2's tanh GELU).
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+
+
+def check_exportable(model: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first model field `transformers` cannot express."""
+    family = model.get("family")
+    if family not in ("bert", "gpt"):
+        raise ConfigError(f"model.family={family!r}: export_hf supports 'bert' and 'gpt'")
+    if model.num_heads * model.head_dim != model.embed_dim:
+        raise ConfigError(
+            f"model.head_dim={model.head_dim}: transformers needs num_heads * head_dim == "
+            f"embed_dim ({model.num_heads} * {model.head_dim} != {model.embed_dim})"
+        )
+    if not model.get("use_bias", True):
+        raise ConfigError("model.use_bias=False: BERT and GPT-2 attention layers have biases")
+    activation = model.get("mlp_activation", "gelu")
+    if family == "bert":
+        if model.norm_position != "post":
+            raise ConfigError(f"model.norm_position={model.norm_position!r}: BERT is post-LN")
+        if activation != "gelu":
+            raise ConfigError(
+                f"model.mlp_activation={activation!r}: fmjax's BERT MLM head uses exact GELU, "
+                "so BertConfig.hidden_act can only be 'gelu'"
+            )
+    else:
+        if model.get("position_embedding", "learned") != "learned":
+            raise ConfigError(
+                f"model.position_embedding={model.position_embedding!r}: GPT-2 has learned "
+                "absolute positions; only 'learned' runs can be exported"
+            )
+        if activation not in HF_ACTIVATIONS:
+            raise ConfigError(f"model.mlp_activation={activation!r} has no GPT-2 equivalent")
+
+
+def hf_config(model: ml_collections.ConfigDict, vocab_size: int):
+    """The transformers BertConfig / GPT2Config of an exportable fmjax model config."""
+    import transformers
+
+    check_exportable(model)
+    if model.family == "bert":
+        return transformers.BertConfig(
+            architectures=["BertForMaskedLM"],
+            vocab_size=vocab_size,
+            hidden_size=model.embed_dim,
+            num_hidden_layers=model.num_layers,
+            num_attention_heads=model.num_heads,
+            intermediate_size=model.mlp_dim,
+            hidden_act="gelu",
+            hidden_dropout_prob=model.dropout_rate,
+            attention_probs_dropout_prob=model.attention_dropout_rate,
+            max_position_embeddings=model.max_seq_len,
+            type_vocab_size=model.type_vocab_size,
+            layer_norm_eps=model.layer_norm_epsilon,
+            pad_token_id=tokenizer_lib.PAD_ID,
+            tie_word_embeddings=True,
+        )
+    return transformers.GPT2Config(
+        architectures=["GPT2LMHeadModel"],
+        vocab_size=vocab_size,
+        n_positions=model.max_seq_len,
+        n_embd=model.embed_dim,
+        n_layer=model.num_layers,
+        n_head=model.num_heads,
+        n_inner=model.mlp_dim,
+        activation_function=HF_ACTIVATIONS[model.get("mlp_activation", "gelu")],
+        resid_pdrop=model.dropout_rate,
+        embd_pdrop=model.dropout_rate,
+        attn_pdrop=model.attention_dropout_rate,
+        layer_norm_epsilon=model.layer_norm_epsilon,
+        bos_token_id=tokenizer_lib.END_OF_TEXT_ID,
+        eos_token_id=tokenizer_lib.END_OF_TEXT_ID,
+        tie_word_embeddings=bool(model.tie_embeddings),
+    )
+
+
+def hf_tokenizer(tokenizer: tokenizers.Tokenizer, family: str, max_length: int):
+    """The run's HF `tokenizers` tokenizer as a transformers PreTrainedTokenizerFast."""
+    import transformers
+
+    if family == "bert":
+        special = dict(
+            unk_token=tokenizer_lib.UNK,
+            sep_token=tokenizer_lib.SEP,
+            pad_token=tokenizer_lib.PAD,
+            cls_token=tokenizer_lib.CLS,
+            mask_token=tokenizer_lib.MASK,
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
+    else:
+        eot = tokenizer_lib.END_OF_TEXT
+        # No token_type_ids: GPT2LMHeadModel would add their (token) embeddings to the input.
+        special = dict(
+            bos_token=eot,
+            eos_token=eot,
+            unk_token=eot,
+            model_input_names=["input_ids", "attention_mask"],
+        )
+    copy = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # HF sets padding/truncation on it
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=copy, model_max_length=max_length, **special
+    )
+
+
+def _portable_tokenizer_class(path: str) -> None:
+    """transformers 5 names its class TokenizersBackend; 4.x and 5.x both read this name."""
+    with open(path) as f:
+        settings = json.load(f)
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+
+
+def export(workdir: str, out: str) -> str:
+    """Writes the latest checkpoint of `workdir` as a transformers model directory `out`."""
+    from fmjax.tools.workdir import read_config
+
+    try:
+        import safetensors.numpy
+        import transformers  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            f"export_hf needs the hf extras ({error}): pip install -e '.[hf]'"
+        ) from None
+    model = read_config(workdir).model
+    check_exportable(model)  # before restoring anything
+    run = load_run(workdir)
+    vocab_size = run.tokenizer.get_vocab_size()
+    if vocab_size > model.vocab_size:
+        raise ConfigError(
+            f"tokenizer {run.tokenizer_path} has {vocab_size} tokens > model.vocab_size="
+            f"{model.vocab_size}"
+        )
+    tensors = to_hf(run.params, weights_of(model), vocab_size)
+    os.makedirs(out, exist_ok=True)
+    hf_config(model, vocab_size).save_pretrained(out)
+    safetensors.numpy.save_file(
+        tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"}
+    )
+    hf_tokenizer(run.tokenizer, model.family, int(model.max_seq_len)).save_pretrained(out)
+    _portable_tokenizer_class(os.path.join(out, "tokenizer_config.json"))
+    with open(os.path.join(out, "fmjax_export.json"), "w") as f:
+        json.dump(
+            {"workdir": os.path.abspath(workdir), "step": run.step, "model": model.to_dict()},
+            f,
+            indent=2,
+            sort_keys=True,
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m fmjax.tools.export_hf", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="fmjax run directory (BERT or GPT)")
+    parser.add_argument("--out", required=True, help="directory to write the HF model into")
+    args = parser.parse_args(argv)
+    out = run_cli(export, args.workdir, args.out)
+    print(f"fmjax: wrote {out} (transformers from_pretrained)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""Import a Hugging Face BERT / GPT-2 directory (safetensors only) as an fmjax workdir.
+
+python -m fmjax.tools.import_hf --hf_dir DIR --workdir runs/imported [--config experiments/X.py]
+python -m fmjax.main --config runs/imported/experiment.py --workdir runs/imported   # go on training
+
+Reads DIR/config.json, DIR/model.safetensors (or the shards of model.safetensors.index.json) and
+DIR/tokenizer.json; never a pickle (pytorch_model.bin, *.pt, *.ckpt): those are refused. The
+model fields come from the HF config, everything else (task, data, train, mesh) from the
+experiment file (default experiments/bert_tiny.py or gpt_tiny.py). The workdir gets what a
+training run leaves, at step 0:
+  checkpoints/0/          Orbax: the HF weights as params, a freshly initialized optimizer state
+  tokenizer.json          the model's tokenizer; data.tokenizer_file points at it, so continued
+                          pretraining packs the corpus with it instead of training a new one
+  config.json, manifest.json   the resolved config and provenance, as fmjax.main writes them
+  imported_config.json, experiment.py   that config as an experiment file for fmjax.main
+  import.json             where the weights came from (files, sha256, HF model type)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tokenizers
+
+from fmjax.config import ConfigError, load_sibling_experiment, resolve_auto_fields, write_snapshot
+from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.data.corpora import sha256_file
+from fmjax.tools.hf_weights import from_hf, normalize_names, weights_of
+from fmjax.tools.workdir import abstract_params, inference_config, run_cli, stacked_layers
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
+REPO_EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "experiments"
+)
+DEFAULT_EXPERIMENTS = {"bert": "bert_tiny.py", "gpt": "gpt_tiny.py"}
+# transformers activation names -> fmjax model.mlp_activation
+FMJAX_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+EXPERIMENT_FILE = '''"""Experiment of a model imported by fmjax.tools.import_hf.
+
+The config is imported_config.json next to this file:
+python -m fmjax.main --config {workdir}/experiment.py --workdir {workdir}
+"""
+
+import json
+import os
+
+import ml_collections
+
+
+def get_config(preset=None):
+    if preset:
+        raise ValueError(f"unknown preset {{preset!r}}: an imported model's experiment has none")
+    workdir = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(workdir, "imported_config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.data.tokenizer_file = os.path.join(workdir, "tokenizer.json")  # follows a moved workdir
+    return config
+'''
+
+
+# --- reading the HF directory ------------------------------------------------------------------
+
+
+def weight_files(hf_dir: str) -> list[str]:
+    """The safetensors files of an HF directory; ConfigError for pickle-only or empty ones."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(hf_dir, shard) for shard in shards]
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    pickles = sorted(
+        os.path.basename(path)
+        for path in glob.glob(os.path.join(hf_dir, "*"))
+        if path.endswith(PICKLE_SUFFIXES)
+    )
+    if pickles:
+        raise ConfigError(
+            f"{hf_dir} has only {', '.join(pickles)}: pickle-based weights can run code when "
+            "loaded, and fmjax reads safetensors only; convert them where you trust the file "
+            "(transformers: model.save_pretrained(DIR, safe_serialization=True))"
+        )
+    raise ConfigError(f"{hf_dir} has no model.safetensors; is it a transformers model directory?")
+
+
+def read_hf_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+    """(config.json as a dict, all tensors as float32 numpy arrays, the weight files read)."""
+    import safetensors.numpy
+
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConfigError(f"{hf_dir} has no config.json; is it a transformers model directory?")
+    files = weight_files(hf_dir)  # refuses pickle before anything else is read
+    with open(config_path) as f:
+        hf_config = json.load(f)
+    tensors: dict[str, np.ndarray] = {}
+    for path in files:
+        for name, value in safetensors.numpy.load_file(path).items():
+            tensors[name] = np.asarray(value, np.float32)
+    return hf_config, tensors, files
+
+
+def read_tokenizer(hf_dir: str) -> tokenizers.Tokenizer:
+    """DIR/tokenizer.json, or the fast tokenizer transformers builds from vocab/merges files."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if os.path.exists(path):
+        return tokenizers.Tokenizer.from_file(path)
+    try:
+        import transformers
+
+        return transformers.AutoTokenizer.from_pretrained(hf_dir).backend_tokenizer
+    except Exception as error:  # noqa: BLE001 - any reason transformers cannot build one
+        raise ConfigError(
+            f"{hf_dir} has no tokenizer.json and transformers could not build a fast tokenizer "
+            f"({type(error).__name__}); add the model's tokenizer.json"
+        ) from None
+
+
+# --- HF config -> fmjax model config --------------------------------------------------------
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def fmjax_model_fields(hf_config: dict) -> dict:
+    """fmjax model fields of an HF BERT / GPT-2 config; ConfigError naming what does not fit."""
+    model_type = hf_config.get("model_type")
+    if model_type == "bert":
+        _require(
+            hf_config.get("hidden_act", "gelu") == "gelu",
+            f"hidden_act={hf_config.get('hidden_act')!r}: fmjax BERT uses exact GELU ('gelu')",
+        )
+        _require(
+            hf_config.get("position_embedding_type", "absolute") == "absolute",
+            f"position_embedding_type={hf_config.get('position_embedding_type')!r}: "
+            "fmjax BERT has absolute learned positions",
+        )
+        _require(not hf_config.get("is_decoder"), "is_decoder=true: fmjax BERT is an encoder")
+        _require(not hf_config.get("add_cross_attention"), "add_cross_attention=true: unsupported")
+        hidden, heads = int(hf_config["hidden_size"]), int(hf_config["num_attention_heads"])
+        return dict(
+            family="bert",
+            vocab_size=int(hf_config["vocab_size"]),
+            embed_dim=hidden,
+            num_layers=int(hf_config["num_hidden_layers"]),
+            num_heads=heads,
+            head_dim=hidden // heads,
+            mlp_dim=int(hf_config["intermediate_size"]),
+            max_seq_len=int(hf_config["max_position_embeddings"]),
+            type_vocab_size=int(hf_config.get("type_vocab_size", 2)),
+            dropout_rate=float(hf_config.get("hidden_dropout_prob", 0.1)),
+            attention_dropout_rate=float(hf_config.get("attention_probs_dropout_prob", 0.1)),
+            layer_norm_epsilon=float(hf_config.get("layer_norm_eps", 1e-12)),
+            norm_position="post",
+            mlp_activation="gelu",
+        )
+    if model_type == "gpt2":
+        activation = hf_config.get("activation_function", "gelu_new")
+        _require(
+            activation in FMJAX_ACTIVATIONS,
+            f"activation_function={activation!r}: fmjax supports {sorted(FMJAX_ACTIVATIONS)}",
+        )
+        _require(
+            hf_config.get("scale_attn_weights", True),
+            "scale_attn_weights=false: fmjax always scales attention scores by 1/sqrt(head_dim)",
+        )
+        _require(
+            not hf_config.get("scale_attn_by_inverse_layer_idx", False),
+            "scale_attn_by_inverse_layer_idx=true: fmjax has no per-layer attention scaling",
+        )
+        _require(not hf_config.get("add_cross_attention"), "add_cross_attention=true: unsupported")
+        hidden, heads = int(hf_config["n_embd"]), int(hf_config["n_head"])
+        return dict(
+            family="gpt",
+            vocab_size=int(hf_config["vocab_size"]),
+            embed_dim=hidden,
+            num_layers=int(hf_config["n_layer"]),
+            num_heads=heads,
+            head_dim=hidden // heads,
+            mlp_dim=int(hf_config.get("n_inner") or 4 * hidden),
+            max_seq_len=int(hf_config["n_positions"]),
+            position_embedding="learned",
+            tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
+            # fmjax has one dropout rate for embeddings and residuals: GPT-2's resid_pdrop.
+            dropout_rate=float(hf_config.get("resid_pdrop", 0.1)),
+            attention_dropout_rate=float(hf_config.get("attn_pdrop", 0.1)),
+            layer_norm_epsilon=float(hf_config.get("layer_norm_epsilon", 1e-5)),
+            norm_position="pre",
+            mlp_activation=FMJAX_ACTIVATIONS[activation],
+        )
+    raise ConfigError(f"model_type={model_type!r}: import_hf supports 'bert' and 'gpt2'")
+
+
+def fmjax_config(
+    hf_config: dict,
+    experiment: str | None = None,
+    *,
+    pad_vocab_multiple: int = 1,
+    compute_dtype: str = "auto",
+) -> ml_collections.ConfigDict:
+    """The experiment's config (task, data, train, ...) with the model fields of `hf_config`."""
+    fields = fmjax_model_fields(hf_config)
+    multiple = max(int(pad_vocab_multiple), 1)
+    fields["vocab_size"] = math.ceil(fields["vocab_size"] / multiple) * multiple
+    if experiment is None:
+        experiment = os.path.join(REPO_EXPERIMENTS, DEFAULT_EXPERIMENTS[fields["family"]])
+    path, _, preset = experiment.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"experiment file {path} not found; pass --config experiments/X.py")
+    config = load_sibling_experiment(path, os.path.basename(path)).get_config(preset or None)
+    if config.model.get("family") != fields["family"]:
+        raise ConfigError(
+            f"{path} is a {config.model.get('family')!r} experiment but the HF model is "
+            f"{fields['family']!r}; pass a matching --config"
+        )
+    config.model.update(fields)
+    config.model.compute_dtype = compute_dtype
+    if "seq_len" in config.data:
+        config.data.seq_len = min(int(config.data.seq_len), fields["max_seq_len"])
+    resolve_auto_fields(config, jax.default_backend())
+    return config
+
+
+# --- HF tensors -> fmjax params ---------------------------------------------------------------
+
+
+def params_from_hf(
+    tensors: dict[str, np.ndarray], model: ml_collections.ConfigDict
+) -> tuple[dict, list[str]]:
+    """fmjax params of `model` (blocks unrolled) from transformers tensors, and the tensors
+    left unused."""
+    model = inference_config(model)
+    _, target = abstract_params(model)
+    tensors = normalize_names(tensors, model.family)
+    return from_hf(tensors, weights_of(model), target, lambda: _fresh_params(model))
+
+
+def _fresh_params(model: ml_collections.ConfigDict) -> dict:
+    from flax import nnx
+
+    from fmjax.models import build_model
+
+    with nnx.use_eager_sharding(False):
+        built = build_model(model, nnx.Rngs(0))
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(built, nnx.Param)))
+
+
+# --- writing the workdir ------------------------------------------------------------------------
+
+
+def write_workdir(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    params: dict,
+    tokenizer: tokenizers.Tokenizer,
+    record: dict | None = None,
+) -> None:
+    """An fmjax workdir at step 0: checkpoint (params + fresh optimizer state), tokenizer,
+    config snapshot, manifest and an experiment file, so fmjax.main can train from it.
+
+    `params` has the blocks unrolled (layers/0, ...); they are stacked for scan_layers runs.
+    """
+    from fmjax.train.checkpoint import Checkpointer
+    from fmjax.train.optim import make_optimizer
+
+    workdir = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(workdir, "checkpoints")) or os.path.exists(
+        os.path.join(workdir, "config.json")
+    ):
+        raise ConfigError(f"{workdir} already holds a run; import into a new --workdir")
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer_path = os.path.join(workdir, "tokenizer.json")
+    tokenizer.save(tokenizer_path)
+    tokenizer_sha256 = sha256_file(tokenizer_path)
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    config.data.tokenizer_file = tokenizer_path
+    with open(os.path.join(workdir, "imported_config.json"), "w") as f:
+        f.write(config.to_json(indent=2, sort_keys=True) + "\n")
+    with open(os.path.join(workdir, "experiment.py"), "w") as f:
+        f.write(EXPERIMENT_FILE.format(workdir=workdir))
+    data_fingerprint = {
+        "tokenizer": {
+            "path": tokenizer_path,
+            "sha256": tokenizer_sha256,
+            "kind": type(tokenizer.model).__name__.lower(),
+            "vocab_size": tokenizer.get_vocab_size(),
+        },
+        "imported_from": record or {},
+    }
+    write_snapshot(config, workdir, data_fingerprint)
+    if record is not None:
+        with open(os.path.join(workdir, "import.json"), "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+    if config.model.get("scan_layers"):
+        params = stacked_layers(params)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    state = {
+        "step": jnp.int32(0),
+        "params": params,
+        "opt_state": make_optimizer(config.train).init(params),
+    }
+    checkpoints = Checkpointer(
+        workdir, int(config.checkpoint.every_steps), int(config.checkpoint.keep), async_save=False
+    )
+    checkpoints.save(
+        0, state, {"step": 0, "skipped_steps": 0, "tokenizer_sha256": tokenizer_sha256}, force=True
+    )
+    checkpoints.close()
+
+
+def special_token_notes(tokenizer: tokenizers.Tokenizer, family: str) -> list[str]:
+    """Where the tokenizer's special ids differ from the fixed ids fmjax's data pipeline uses."""
+    expected = (
+        tokenizer_lib.WORDPIECE_IDS
+        if family == "bert"
+        else {tokenizer_lib.END_OF_TEXT: tokenizer_lib.END_OF_TEXT_ID}
+    )
+    return [
+        f"{token} has id {tokenizer.token_to_id(token)} (fmjax's data pipeline expects {token_id})"
+        for token, token_id in expected.items()
+        if tokenizer.token_to_id(token) != token_id
+    ]
+
+
+def import_hf(
+    hf_dir: str,
+    workdir: str,
+    experiment: str | None = None,
+    *,
+    pad_vocab_multiple: int = 1,
+    compute_dtype: str = "auto",
+) -> ml_collections.ConfigDict:
+    """Reads an HF BERT / GPT-2 directory and writes it as an fmjax workdir at step 0."""
+    try:
+        import safetensors  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            f"import_hf needs safetensors ({error}): pip install -e '.[hf]'"
+        ) from None
+    hf_config, tensors, files = read_hf_dir(hf_dir)
+    config = fmjax_config(
+        hf_config, experiment, pad_vocab_multiple=pad_vocab_multiple, compute_dtype=compute_dtype
+    )
+    tokenizer = read_tokenizer(hf_dir)
+    if tokenizer.get_vocab_size() > config.model.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {tokenizer.get_vocab_size()} tokens > vocab_size="
+            f"{config.model.vocab_size} of {hf_dir}/config.json"
+        )
+    params, unused = params_from_hf(tensors, config.model)
+    record = {
+        "hf_dir": os.path.abspath(hf_dir),
+        "model_type": hf_config.get("model_type"),
+        "architectures": hf_config.get("architectures"),
+        "transformers_version": hf_config.get("transformers_version"),
+        "weight_files": {os.path.basename(p): sha256_file(p) for p in files},
+        "unused_tensors": unused,
+        "vocab_size": int(hf_config["vocab_size"]),
+        "special_token_notes": special_token_notes(tokenizer, config.model.family),
+    }
+    write_workdir(workdir, config, params, tokenizer, record)
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m fmjax.tools.import_hf", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--hf_dir", required=True, help="transformers model directory")
+    parser.add_argument("--workdir", required=True, help="new fmjax workdir to write")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="experiment file[:preset] for task/data/train (default bert_tiny.py / gpt_tiny.py)",
+    )
+    parser.add_argument(
+        "--pad_vocab_multiple",
+        type=int,
+        default=1,
+        help="round the vocabulary up to a multiple (e.g. 128 to shard it over `tensor`)",
+    )
+    parser.add_argument(
+        "--compute_dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="model.compute_dtype of the run (auto: bfloat16 on GPU/TPU, float32 on CPU, here)",
+    )
+    args = parser.parse_args(argv)
+    config = run_cli(
+        import_hf,
+        args.hf_dir,
+        args.workdir,
+        args.config,
+        pad_vocab_multiple=args.pad_vocab_multiple,
+        compute_dtype=args.compute_dtype,
+    )
+    workdir = os.path.abspath(args.workdir)
+    with open(os.path.join(workdir, "import.json")) as f:
+        record = json.load(f)
+    if record["unused_tensors"]:
+        print(f"fmjax: not imported (no fmjax counterpart): {', '.join(record['unused_tensors'])}")
+    for note in record["special_token_notes"]:
+        print(f"fmjax: note: tokenizer {note}; continued pretraining with fmjax data refuses it")
+    print(
+        f"fmjax: wrote {workdir} ({config.model.family}, step 0). Continue pretraining with\n"
+        f"  python -m fmjax.main --config {workdir}/experiment.py --workdir {workdir}"
+    )
+
+
+if __name__ == "__main__":
+    main()
