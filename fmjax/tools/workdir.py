@@ -151,6 +151,9 @@ def tokenizer_of(workdir: str, step: int | None = None) -> tuple[tokenizers.Toke
     """The run's HF tokenizer (path from manifest.json), checked against the checkpoint's sha256."""
     manifest = read_json(os.path.join(workdir, "manifest.json"))
     path = ((manifest.get("data") or {}).get("tokenizer") or {}).get("path")
+    own_copy = os.path.join(workdir, "tokenizer.json")  # import_hf's; follows a moved workdir
+    if (not path or not os.path.exists(path)) and os.path.exists(own_copy):
+        path = own_copy
     if not path:
         raise ConfigError(f"{workdir}/manifest.json names no tokenizer (a text model's run?)")
     if not os.path.exists(path):
