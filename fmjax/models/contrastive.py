@@ -25,9 +25,9 @@ from flax import nnx
 from fmjax.config import ConfigError
 from fmjax.data.tokenizer import PAD_ID
 from fmjax.models.attention import padding_mask
-from fmjax.models.embeddings import Embedding, PatchEmbedding
+from fmjax.models.embeddings import Embedding
 from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
-from fmjax.models.vit import num_tokens, patchify
+from fmjax.models.vit import ImageEncoder
 from fmjax.parallel.sharding import constrain
 
 SHARED_FIELDS = (
@@ -40,7 +40,6 @@ SHARED_FIELDS = (
 )
 # Block/Stack options a model config may set (remat, scan over layers, ...): shared when present.
 OPTIONAL_SHARED_FIELDS = ("remat", "scan_layers", "mlp_activation", "use_bias")
-IMAGE_POOLINGS = ("cls", "gap")
 TEXT_POOLINGS = ("cls", "mean")
 EMBEDDING_AXES = ("activation_batch", None)
 
@@ -75,49 +74,6 @@ def projection(features_in: int, features_out: int, *, dtype, rngs: nnx.Rngs) ->
         kernel_init=nnx.with_partitioning(init, ("embed", "projection")),
         rngs=rngs,
     )
-
-
-class ImageTower(nnx.Module):
-    """Float images [B, H, W, C] -> pooled features [B, embed_dim] (a ViT without its head)."""
-
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        if config.image_size % config.patch_size:
-            raise ConfigError(
-                f"model.image.image_size={config.image_size} is not a multiple of "
-                f"model.image.patch_size={config.patch_size}; change one of them"
-            )
-        if config.pooling not in IMAGE_POOLINGS:
-            raise ConfigError(
-                f"model.image.pooling must be one of {IMAGE_POOLINGS}, got {config.pooling!r}"
-            )
-        dtype, d = compute_dtype(config), config.embed_dim
-        self.patch_size, self.pooling = config.patch_size, config.pooling
-        patch_dim = config.patch_size**2 * config.num_channels
-        self.patch_embed = PatchEmbedding(patch_dim, d, dtype=dtype, rngs=rngs)
-        self.cls_token = (
-            nnx.Param(
-                nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(
-                    rngs.params(), (d,), jnp.float32
-                )
-            )
-            if config.pooling == "cls"
-            else None
-        )
-        self.position_embed = Embedding(num_tokens(config), d, "position", dtype=dtype, rngs=rngs)
-        self.embed_dropout = nnx.Dropout(config.dropout_rate)
-        self.encoder = Stack(config, rngs=rngs)
-
-    def __call__(
-        self, images: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None
-    ) -> jax.Array:
-        x = self.patch_embed(patchify(images, self.patch_size))
-        if self.cls_token is not None:
-            cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
-            x = jnp.concatenate([cls, x], axis=1)
-        x = (x + self.position_embed(jnp.arange(x.shape[1])[None, :])).astype(jnp.float32)
-        x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
-        hidden = self.encoder(x, None, deterministic=deterministic, rngs=rngs)
-        return hidden[:, 0] if self.pooling == "cls" else jnp.mean(hidden, axis=1)
 
 
 class TextTower(nnx.Module):
@@ -168,7 +124,7 @@ class ContrastiveModel(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         image, text = tower_config(config, "image"), tower_config(config, "text")
         dtype = compute_dtype(config)
-        self.image_tower = ImageTower(image, rngs=rngs)
+        self.image_tower = ImageEncoder(image, rngs=rngs, config_path="model.image")
         self.text_tower = TextTower(text, rngs=rngs)
         self.image_projection = projection(
             image.embed_dim, config.projection_dim, dtype=dtype, rngs=rngs

@@ -51,24 +51,27 @@ def num_tokens(config: ml_collections.ConfigDict) -> int:
     return num_patches(config) + (1 if config.pooling == "cls" else 0)
 
 
-class VisionTransformer(nnx.Module):
-    """Image [B, H, W, C] -> class logits [B, num_classes]."""
+class ImageEncoder(nnx.Module):
+    """Image [B, H, W, C] -> pooled features [B, embed_dim]: a ViT without its head.
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    `config_path` names the config section in error messages (e.g. "model.image").
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, config_path="model"):
         if config.image_size % config.patch_size:
             raise ConfigError(
-                f"model.image_size={config.image_size} is not a multiple of "
-                f"model.patch_size={config.patch_size}; change one of them"
+                f"{config_path}.image_size={config.image_size} is not a multiple of "
+                f"{config_path}.patch_size={config.patch_size}; change one of them"
             )
         if config.pooling not in POOLINGS:
-            raise ConfigError(f"model.pooling must be one of {POOLINGS}, got {config.pooling!r}")
+            raise ConfigError(
+                f"{config_path}.pooling must be one of {POOLINGS}, got {config.pooling!r}"
+            )
         if config.norm_position != "pre":
             raise ConfigError("ViT uses pre-LN blocks: set model.norm_position='pre'")
-        dtype = compute_dtype(config)
-        d = config.embed_dim
-        self.patch_size = config.patch_size
-        self.pooling = config.pooling
-        patch_dim = config.patch_size * config.patch_size * config.num_channels
+        dtype, d = compute_dtype(config), config.embed_dim
+        self.patch_size, self.pooling = config.patch_size, config.pooling
+        patch_dim = config.patch_size**2 * config.num_channels
         self.patch_embed = PatchEmbedding(patch_dim, d, dtype=dtype, rngs=rngs)
         self.cls_token = (
             nnx.Param(
@@ -82,15 +85,6 @@ class VisionTransformer(nnx.Module):
         self.position_embed = Embedding(num_tokens(config), d, "position", dtype=dtype, rngs=rngs)
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
         self.encoder = Stack(config, rngs=rngs)  # pre-LN: ends with the final LayerNorm
-        # Zero-initialized head (ViT / big_vision): every class starts at the same logit.
-        self.head = nnx.Linear(
-            d,
-            config.num_classes,
-            dtype=dtype,
-            kernel_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "classes")),
-            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
-            rngs=rngs,
-        )
         self.dtype = dtype
 
     def encode(
@@ -109,8 +103,30 @@ class VisionTransformer(nnx.Module):
     def __call__(
         self, images: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None
     ) -> jax.Array:
-        """Class logits float32 [B, num_classes]."""
+        """Pooled float32 features [B, embed_dim]: the class token's output or the patch mean."""
         hidden = self.encode(images, deterministic=deterministic, rngs=rngs)
-        pooled = hidden[:, 0] if self.pooling == "cls" else jnp.mean(hidden, axis=1)
+        return hidden[:, 0] if self.pooling == "cls" else jnp.mean(hidden, axis=1)
+
+
+class VisionTransformer(ImageEncoder):
+    """Image [B, H, W, C] -> class logits [B, num_classes]."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        super().__init__(config, rngs=rngs)
+        # Zero-initialized head (ViT / big_vision): every class starts at the same logit.
+        self.head = nnx.Linear(
+            config.embed_dim,
+            config.num_classes,
+            dtype=self.dtype,
+            kernel_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "classes")),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
+            rngs=rngs,
+        )
+
+    def __call__(
+        self, images: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """Class logits float32 [B, num_classes]."""
+        pooled = super().__call__(images, deterministic=deterministic, rngs=rngs)
         logits = self.head(pooled.astype(self.dtype)).astype(jnp.float32)
         return constrain(logits, ("activation_batch", None))
