@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fmjax.config import ConfigError
+from fmjax.data.corpora import open_prepared_tfds
 from fmjax.data.pipeline import Loader, example_rng, make_loader
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the 60,000 training pixels in [0, 1]
@@ -202,25 +203,14 @@ def _fashion_mnist(config: Any) -> tuple[Any, Any, Callable, Callable, dict, int
 
 
 def _tfds_images(config: Any, tfds_name: str) -> tuple[Any, Any, Callable, Callable, dict, int]:
-    import tensorflow_datasets as tfds
-
     tfds_dir = os.path.join(_data_dir(config), "tfds")
     hint = (
         f"fmjax never downloads it: prepare it yourself, e.g. 'tfds build {tfds_name} "
         f"--data_dir={tfds_dir} --file_format=array_record' (ImageNet needs the manual "
         "download), or set --config.data.data_dir to the folder whose tfds/ holds it"
     )
-    try:
-        builder = tfds.builder(tfds_name, data_dir=tfds_dir, file_format="array_record")
-    except Exception as e:  # noqa: BLE001 - any failure here is a user data problem
-        raise ConfigError(
-            f"TFDS dataset {tfds_name!r} not found ({type(e).__name__}); {hint}"
-        ) from e
-    if not builder.is_prepared():
-        raise ConfigError(f"TFDS dataset {tfds_name!r} is not prepared in {tfds_dir}; {hint}")
+    builder = open_prepared_tfds(tfds_name, tfds_dir, ("image", "label"), hint)
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ConfigError(f"TFDS dataset {tfds_name!r} has no 'image' and 'label' features")
     eval_split = next((s for s in ("validation", "test") if s in builder.info.splits), None)
     if eval_split is None or "train" not in builder.info.splits:
         raise ConfigError(f"TFDS dataset {tfds_name!r} needs a train and a validation/test split")

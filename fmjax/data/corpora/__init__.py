@@ -169,14 +169,13 @@ def _as_str(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _load_tfds_corpus(tfds_name: str, data_dir: str) -> Corpus:
+def open_prepared_tfds(tfds_name: str, tfds_dir: str, features: tuple[str, ...], hint: str) -> Any:
+    """The builder of a TFDS dataset the user prepared as array_record in tfds_dir.
+
+    Never downloads: a missing, unprepared or featureless dataset is a ConfigError ending in `hint`.
+    """
     import tensorflow_datasets as tfds
 
-    tfds_dir = os.path.join(data_dir, "tfds")
-    hint = (
-        f"prepare it first, e.g. 'tfds build {tfds_name} --data_dir={tfds_dir} "
-        "--file_format=array_record', or set --config.data.data_dir to where it is prepared"
-    )
     try:
         builder = tfds.builder(tfds_name, data_dir=tfds_dir, file_format="array_record")
     except Exception as e:  # noqa: BLE001 - any failure here is a user data problem
@@ -185,8 +184,19 @@ def _load_tfds_corpus(tfds_name: str, data_dir: str) -> Corpus:
         ) from e
     if not builder.is_prepared():
         raise ConfigError(f"TFDS dataset {tfds_name!r} is not prepared in {tfds_dir}; {hint}")
-    if "text" not in builder.info.features:
-        raise ConfigError(f"TFDS dataset {tfds_name!r} has no 'text' feature; use a text dataset")
+    missing = [name for name in features if name not in builder.info.features]
+    if missing:
+        raise ConfigError(f"TFDS dataset {tfds_name!r} has no {missing} feature(s)")
+    return builder
+
+
+def _load_tfds_corpus(tfds_name: str, data_dir: str) -> Corpus:
+    tfds_dir = os.path.join(data_dir, "tfds")
+    hint = (
+        f"prepare it first, e.g. 'tfds build {tfds_name} --data_dir={tfds_dir} "
+        "--file_format=array_record', or set --config.data.data_dir to where it is prepared"
+    )
+    builder = open_prepared_tfds(tfds_name, tfds_dir, ("text",), hint)
     splits = builder.info.splits
     try:
         train_source = builder.as_data_source(split="train")
