@@ -13,7 +13,6 @@ the caption ("other" when none is).
 from __future__ import annotations
 
 import os
-import subprocess
 import unicodedata
 from collections.abc import Iterator
 
@@ -21,7 +20,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.config import ConfigError
-from fmjax.data.corpora import fetch_debian_package, is_validation, sha256_file
+from fmjax.data.corpora import is_validation
+from fmjax.data.corpora.base import PackageBuilder
 
 PACKAGE = "fonts-noto-color-emoji"
 FONT_FILE = "NotoColorEmoji.ttf"
@@ -150,68 +150,36 @@ def emoji_examples(font_path: str) -> list[dict]:
     return examples
 
 
-class Emoji(tfds.core.GeneratorBasedBuilder):
+class Emoji(PackageBuilder):
     """Noto Color Emoji pairs: {"image" uint8 [32, 32, 3], "caption", "label", "codepoint"}."""
 
     name = "fmjax_emoji"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Single-codepoint emoji of fonts-noto-color-emoji at 32x32."}
-    _checksums_path = None  # the font comes from apt, not TFDS's download manager
-
-    def __init__(self, *, source_dir: str = "", **kwargs):
-        """source_dir: a folder holding NotoColorEmoji.ttf or a fonts-noto-color-emoji_*.deb."""
-        self._source_dir = source_dir
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self.dataset_info(
             description="Emoji of Noto Color Emoji rendered at 32x32, captioned by Unicode name.",
-            features=tfds.features.FeaturesDict(
-                {
-                    # Tensor, not Image: Image encodes through TensorFlow, which we do not need.
-                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-                    "caption": tfds.features.Text(),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                    "codepoint": tfds.features.Scalar(dtype=np.int32),
-                }
-            ),
+            features={
+                # Tensor, not Image: Image encodes through TensorFlow, which we do not need.
+                "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+                "caption": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                "codepoint": tfds.features.Scalar(dtype=np.int32),
+            },
             homepage="https://packages.debian.org/fonts-noto-color-emoji",
-            metadata=tfds.core.MetadataDict(),
             license="OFL-1.1",
         )
 
     def _font(self) -> tuple[str, dict]:
         """The font file's path and its provenance (package, version, sha256)."""
-        local = os.path.join(self._source_dir, FONT_FILE) if self._source_dir else ""
-        if local and os.path.exists(local):
-            return local, {
-                "package": PACKAGE,
-                "version": "local copy",
-                "sha256": sha256_file(local),
-                "source_dir": self._source_dir,
-            }
-        download_dir = os.path.join(os.path.dirname(str(self.data_dir_root)), "downloads")
-        deb = fetch_debian_package(PACKAGE, download_dir, self._source_dir)
-        extract_dir = os.path.join(download_dir, f"{PACKAGE}-extracted")
-        path = os.path.join(extract_dir, PACKAGE_FONT_PATH)
-        if not os.path.exists(path):
-            os.makedirs(extract_dir, exist_ok=True)
-            proc = subprocess.run(
-                ["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True
-            )
-            if proc.returncode or not os.path.exists(path):
-                raise ConfigError(
-                    f"dpkg-deb -x {deb} failed or lacks {PACKAGE_FONT_PATH} "
-                    f"({proc.stderr.strip()}); point data.source_dir at a folder with {FONT_FILE}"
-                )
-        return path, {
-            "package": PACKAGE,
-            "version": os.path.basename(deb)[len(PACKAGE) + 1 :].split("_")[0],
-            "sha256": sha256_file(deb),
-            "source_file": os.path.basename(deb),
-        }
+        local = self.local_copy(PACKAGE, [FONT_FILE])
+        if local is not None:
+            return os.path.join(self._source_dir, FONT_FILE), local
+        extract_dir, provenance = self.extract_debian(
+            PACKAGE, PACKAGE_FONT_PATH, f"point data.source_dir at a folder with {FONT_FILE}"
+        )
+        return os.path.join(extract_dir, PACKAGE_FONT_PATH), provenance
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         try:

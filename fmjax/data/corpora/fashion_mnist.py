@@ -5,14 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import subprocess
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.config import ConfigError
-from fmjax.data.corpora import fetch_debian_package, sha256_file
+from fmjax.data.corpora.base import PackageBuilder
 
 PACKAGE = "dataset-fashion-mnist"
 PACKAGE_DIR = "usr/share/datasets/fashion-mnist"
@@ -59,75 +58,38 @@ def write_idx(path: str, array: np.ndarray) -> None:
         f.write(header + array.tobytes())
 
 
-def _has_idx_files(folder: str) -> bool:
-    return all(
-        os.path.exists(os.path.join(folder, name)) for pair in SPLIT_FILES.values() for name in pair
-    )
-
-
-class FashionMnist(tfds.core.GeneratorBasedBuilder):
+class FashionMnist(PackageBuilder):
     """Fashion-MNIST: {"image": uint8 [28, 28, 1], "label": 10 classes}; train 60k / test 10k."""
 
     name = "fmjax_fashion_mnist"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "idx files of the Debian package dataset-fashion-mnist."}
-    _checksums_path = None  # files come from apt, not TFDS's download manager
-
-    def __init__(self, *, source_dir: str = "", **kwargs):
-        """source_dir: a folder holding the four idx .gz files, or a dataset-fashion-mnist_*.deb."""
-        self._source_dir = source_dir
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self.dataset_info(
             description="Zalando's Fashion-MNIST: 28x28 grayscale images of 10 clothing classes.",
-            features=tfds.features.FeaturesDict(
-                {
-                    # Tensor, not Image: Image encodes through TensorFlow, which we do not need.
-                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                }
-            ),
+            features={
+                # Tensor, not Image: Image encodes through TensorFlow, which we do not need.
+                "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+            },
             supervised_keys=("image", "label"),
             homepage="https://packages.debian.org/dataset-fashion-mnist",
-            metadata=tfds.core.MetadataDict(),
             license="MIT",
         )
 
     def _idx_folder(self) -> tuple[str, dict]:
         """The folder of the idx files and their provenance (package, version, sha256)."""
-        if self._source_dir and _has_idx_files(self._source_dir):
-            return self._source_dir, {
-                "package": PACKAGE,
-                "version": "local copy",
-                "sha256": {
-                    name: sha256_file(os.path.join(self._source_dir, name))
-                    for pair in SPLIT_FILES.values()
-                    for name in pair
-                },
-                "source_dir": self._source_dir,
-            }
-        download_dir = os.path.join(os.path.dirname(str(self.data_dir_root)), "downloads")
-        deb = fetch_debian_package(PACKAGE, download_dir, self._source_dir)
-        extract_dir = os.path.join(download_dir, f"{PACKAGE}-extracted")
-        folder = os.path.join(extract_dir, PACKAGE_DIR)
-        if not _has_idx_files(folder):
-            proc = subprocess.run(
-                ["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True
-            )
-            if proc.returncode or not _has_idx_files(folder):
-                raise ConfigError(
-                    f"dpkg-deb -x {deb} failed or lacks {PACKAGE_DIR} ({proc.stderr.strip()}); "
-                    "point data.source_dir at a folder holding the four idx .gz files"
-                )
-        return folder, {
-            "package": PACKAGE,
-            "version": os.path.basename(deb)[len(PACKAGE) + 1 :].split("_")[0],
-            "sha256": sha256_file(deb),
-            "source_file": os.path.basename(deb),
-        }
+        names = [name for pair in SPLIT_FILES.values() for name in pair]
+        local = self.local_copy(PACKAGE, names)
+        if local is not None:
+            return self._source_dir, local
+        extract_dir, provenance = self.extract_debian(
+            PACKAGE,
+            os.path.join(PACKAGE_DIR, names[0]),
+            "point data.source_dir at a folder holding the four idx .gz files",
+        )
+        return os.path.join(extract_dir, PACKAGE_DIR), provenance
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         folder, provenance = self._idx_folder()

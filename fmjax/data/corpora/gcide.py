@@ -5,14 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 import tqdm
 
-from fmjax.config import ConfigError
-from fmjax.data.corpora import fetch_debian_package, is_validation, sha256_file
+from fmjax.data.corpora import is_validation
+from fmjax.data.corpora.base import PackageBuilder
 
 PACKAGE = "dict-gcide"
 DICT_PATH = "usr/share/dictd/gcide.dict.dz"
@@ -59,45 +58,25 @@ def clean_entry(text: str) -> list[str]:
     return paragraphs
 
 
-class Gcide(tfds.core.GeneratorBasedBuilder):
+class Gcide(PackageBuilder):
     """GCIDE entries grouped into documents of 50 consecutive entries: {"title", "text"}."""
 
     name = "fmjax_gcide"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Entries of dict-gcide, 50 per document, 5% of documents held out."}
-    _checksums_path = None  # files come from apt, not TFDS's download manager
-
-    def __init__(self, *, source_dir: str = "", **kwargs):
-        """source_dir: a folder holding dict-gcide_*.deb (skips apt-get download)."""
-        self._source_dir = source_dir
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self.dataset_info(
             description="The Collaborative International Dictionary of English (GCIDE).",
-            features=tfds.features.FeaturesDict(
-                {"title": tfds.features.Text(), "text": tfds.features.Text()}
-            ),
+            features={"title": tfds.features.Text(), "text": tfds.features.Text()},
             homepage="https://packages.debian.org/dict-gcide",
-            metadata=tfds.core.MetadataDict(),
             license="GPL",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        download_dir = os.path.join(os.path.dirname(str(self.data_dir_root)), "downloads")
-        deb = fetch_debian_package(PACKAGE, download_dir, self._source_dir)
-        extract_dir = os.path.join(download_dir, "dict-gcide-extracted")
-        if not os.path.exists(os.path.join(extract_dir, DICT_PATH)):
-            proc = subprocess.run(
-                ["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True
-            )
-            if proc.returncode:
-                raise ConfigError(
-                    f"dpkg-deb -x {deb} failed ({proc.stderr.strip()}); "
-                    "install dpkg or point data.source_dir at another copy"
-                )
+        extract_dir, provenance = self.extract_debian(
+            PACKAGE, DICT_PATH, "install dpkg or point data.source_dir at another copy"
+        )
         with gzip.open(os.path.join(extract_dir, DICT_PATH)) as f:
             raw = f.read()
         with open(os.path.join(extract_dir, INDEX_PATH), encoding="utf-8", errors="replace") as f:
@@ -117,15 +96,7 @@ class Gcide(tfds.core.GeneratorBasedBuilder):
                 paragraphs, num_entries, title = [], 0, ""
         if paragraphs:
             documents.append((title, paragraphs))
-        self.info.metadata.update(
-            {
-                "package": PACKAGE,
-                "version": os.path.basename(deb)[len(PACKAGE) + 1 :].split("_")[0],
-                "sha256": sha256_file(deb),
-                "source_file": os.path.basename(deb),
-                "num_entries": len(spans),
-            }
-        )
+        self.info.metadata.update(provenance, num_entries=len(spans))
         keyed = [(f"{i:06d}", t, e) for i, (t, e) in enumerate(documents)]
         return {
             "train": self._generate_examples(

