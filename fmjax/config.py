@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.adam_b2 = 0.999
     config.train.adam_eps = 1e-6
     config.train.grad_clip_norm = 1.0
+    # A new run starts from this pretrained workdir / checkpoint path: every parameter whose path
+    # it holds is copied, the others (e.g. a classification head) keep their fresh init. Resuming
+    # the run's own checkpoints ignores it. See fmjax/train/init_from.py.
+    config.train.init_from = ""
     # Peak FLOP/s per device for MFU. 0 = look the device up in fmjax.train.metrics.PEAK_FLOPS
     # (CPU has no entry: MFU is reported as n/a unless this is set).
     config.train.peak_flops_per_device = 0.0

@@ -11,12 +11,14 @@ from fmjax.config import ConfigError
 def build_model(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """The nnx.Module of model_config.family, built from model_config."""
     from fmjax.models.bert import Bert
+    from fmjax.models.bert_classifier import BertClassifier
     from fmjax.models.contrastive import ContrastiveModel
     from fmjax.models.gpt import Gpt
     from fmjax.models.vit import VisionTransformer
 
     families = {
         "bert": Bert,
+        "bert_classifier": BertClassifier,
         "gpt": Gpt,
         "vit": VisionTransformer,
         "contrastive": ContrastiveModel,

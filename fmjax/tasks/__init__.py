@@ -20,12 +20,14 @@ def build_task(config: ml_collections.ConfigDict):
     from fmjax.tasks.contrastive import ContrastiveImageText
     from fmjax.tasks.image_classification import ImageClassification
     from fmjax.tasks.mlm import MaskedLanguageModeling
+    from fmjax.tasks.text_classification import TextClassification
 
     tasks = {
         "mlm": MaskedLanguageModeling,
         "causal_lm": CausalLanguageModeling,
         "image_classification": ImageClassification,
         "contrastive": ContrastiveImageText,
+        "text_classification": TextClassification,
     }
     name = config.task.get("name", "")
     if name not in tasks:

@@ -258,10 +258,24 @@ def format_compile_report(report: dict) -> str:
 def _restore_or_init(
     run: _Run, checkpoints: Checkpointer, data_identity: dict
 ) -> tuple[dict, dict]:
-    """The newest good checkpoint's state and data position, or a fresh state at step 0."""
+    """The newest good checkpoint's state and data position, or a fresh state at step 0
+    (with train.init_from's pretrained params copied in, for a new run)."""
     restored = checkpoints.restore_latest(run.program.abstract_state)
     if restored is None:
-        return run.program.init_state(), {"step": 0}
+        state = run.program.init_state()
+        init_from = str(run.config.train.get("init_from", "") or "")
+        if init_from:
+            from fmjax.train.init_from import init_from_pretrained
+
+            state, copied, step = init_from_pretrained(
+                init_from,
+                state,
+                run.program.state_shardings["params"],
+                stacked=bool(run.config.model.get("scan_layers", False)),
+                tokenizer_sha256=data_identity.get("tokenizer_sha256", ""),
+            )
+            _log(f"initialized {len(copied)} parameters from {init_from} (step {step})")
+        return state, {"step": 0}
     state, data_state, step = restored
     for key, value in data_identity.items():
         if data_state.get(key, value) != value:

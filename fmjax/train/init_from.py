@@ -1,0 +1,145 @@
+"""Start a new run from a pretrained checkpoint (config train.init_from): copy every parameter
+whose path exists in the checkpoint (e.g. BERT's embeddings and encoder), keep the fresh
+initialization of the others (e.g. a classification head).
+
+train.init_from names a workdir, its checkpoints/ folder, one checkpoints/<step> folder or that
+folder's state/ item. The pretrained params are read onto the host (numpy) and placed with the new
+run's shardings, so the layer layouts may differ (model.scan_layers on one side only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from fmjax.config import ConfigError
+
+_STACKED_LAYERS = re.compile(r"(^|/)layers/[^0-9/][^/]*")  # scan_layers: layers/<attr>/...
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str, int]:
+    """(workdir, state item folder, step) of a train.init_from path; ConfigError if none."""
+    path = os.path.abspath(os.path.expanduser(path))
+    hint = "point train.init_from at a workdir with checkpoints (or one checkpoints/<step> folder)"
+    if not os.path.exists(path):
+        raise ConfigError(f"train.init_from={path} does not exist; {hint}")
+    if os.path.basename(path) == "state":
+        path = os.path.dirname(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if os.path.basename(path) == "checkpoints":
+        steps = ocp.utils.checkpoint_steps(path)
+        if not steps:
+            raise ConfigError(f"train.init_from: {path} holds no finished checkpoint; {hint}")
+        path = os.path.join(path, str(max(steps)))
+    state_dir = os.path.join(path, "state")
+    if not os.path.isdir(state_dir) or not os.path.basename(path).isdigit():
+        raise ConfigError(f"train.init_from: {path} is not an fmjax checkpoint; {hint}")
+    checkpoints_dir = os.path.dirname(path)
+    return os.path.dirname(checkpoints_dir), state_dir, int(os.path.basename(path))
+
+
+def flat_names(tree: Any) -> dict[str, Any]:
+    """{"a/b/c": leaf} of a nested params tree (dict keys and list indices joined by '/')."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = (getattr(k, "key", getattr(k, "idx", k)) for k in path)
+        flat["/".join(str(k) for k in keys)] = leaf
+    return flat
+
+
+def read_pretrained_params(state_dir: str) -> dict:
+    """The params of a checkpoint's state item as a nested dict of numpy arrays (host)."""
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir))["params"]
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is the user's path
+        raise ConfigError(
+            f"train.init_from: cannot read {state_dir} ({type(error).__name__}); "
+            "is it an fmjax checkpoint?"
+        ) from None
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {
+        "params": jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), metadata
+        )
+    }
+    restored = ocp.PyTreeCheckpointer().restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
+    return jax.tree.map(np.asarray, restored["params"])
+
+
+def _in_layout(params: dict, stacked: bool) -> dict:
+    """Pretrained params in the new model's layer layout (unrolled or stacked blocks)."""
+    from fmjax.tools.workdir import stacked_layers, unrolled_layers
+
+    saved_stacked = any(_STACKED_LAYERS.search(name) for name in flat_names(params))
+    if saved_stacked == stacked:
+        return params
+    return stacked_layers(params) if stacked else unrolled_layers(params)
+
+
+def copy_pretrained_params(
+    params: dict, shardings: dict, pretrained: dict, *, stacked: bool, source: str
+) -> tuple[dict, list[str]]:
+    """`params` with every leaf also in `pretrained` (by path) replaced by the pretrained value
+    (placed with `shardings`); the names copied. ConfigError on a shape mismatch or no match."""
+    saved = flat_names(_in_layout(pretrained, stacked))
+    sharding_of = flat_names(shardings)
+    copied: list[str] = []
+
+    def take(path, leaf):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        if name not in saved:
+            return leaf
+        value = saved[name]
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise ConfigError(
+                f"train.init_from={source}: parameter {name} has shape {tuple(value.shape)} "
+                f"there, the model needs {tuple(leaf.shape)}; use the pretrained run's model "
+                "fields (vocab_size, embed_dim, num_layers, ...)"
+            )
+        copied.append(name)
+        return jax.device_put(np.asarray(value, leaf.dtype), sharding_of[name])
+
+    new_params = jax.tree_util.tree_map_with_path(take, params)
+    if not copied:
+        raise ConfigError(
+            f"train.init_from={source} holds no parameter of this model (no path in common); "
+            "is it a checkpoint of the same family?"
+        )
+    return new_params, copied
+
+
+def init_from_pretrained(
+    path: str, state: dict, params_shardings: dict, *, stacked: bool, tokenizer_sha256: str = ""
+) -> tuple[dict, list[str], int]:
+    """A fresh train state with the pretrained params of `path` copied in; (state, copied, step).
+
+    The optimizer state is left as initialized (Adam moments start at zero either way).
+    """
+    from fmjax.tools.workdir import checkpoint_data_state
+
+    workdir, state_dir, step = resolve_checkpoint(path)
+    trained_with = checkpoint_data_state(workdir, step).get("tokenizer_sha256")
+    if tokenizer_sha256 and trained_with and trained_with != tokenizer_sha256:
+        raise ConfigError(
+            f"train.init_from={path} was trained with another tokenizer (sha256 "
+            f"{trained_with[:12]}...); use its tokenizer (leave data.tokenizer_file empty)"
+        )
+    pretrained = read_pretrained_params(state_dir)
+    params, copied = copy_pretrained_params(
+        state["params"], params_shardings, pretrained, stacked=stacked, source=path
+    )
+    return {**state, "params": params}, copied, step
