@@ -31,6 +31,8 @@ def bert_base_model(**overrides) -> ml_collections.ConfigDict:
             norm_position="post",
             compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
             attention_backend="xla",
+            remat="none",
+            scan_layers=False,
         )
     )
     model.update(overrides)

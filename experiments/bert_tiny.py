@@ -27,6 +27,8 @@ def bert_model(**overrides) -> ml_collections.ConfigDict:
             norm_position="post",  # BERT is post-LN; "pre" for GPT/ViT-style blocks
             compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
             attention_backend="xla",  # "xla" | "cudnn" (GPU) via jax.nn.dot_product_attention
+            remat="none",  # "none" | "dots_saveable" | "full": recompute activations per block
+            scan_layers=False,  # True: blocks stacked on a "layers" axis, one lax.scan
         )
     )
     model.update(overrides)

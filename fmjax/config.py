@@ -30,6 +30,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("embed_transform", None),
     ("patch", None),  # flattened p*p*C pixels of an image patch (ViT patch embedding)
     ("classes", None),  # classification head outputs
+    ("layers", None),  # the stacked-blocks axis of model.scan_layers=True
     ("projection", None),  # contrastive towers' shared embedding space
     # activations
     ("activation_batch", ("data", "fsdp")),
@@ -82,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
     # A step with a non-finite loss or gradient never updates the params; "skip" counts and logs
     # it and goes on, "halt" stops the run with an error (the last good checkpoint is kept).
     config.train.nonfinite = "skip"
+    # Split each global batch into this many microbatches, run one after another (lax.scan) with
+    # their gradients added up: activation memory of batch_size / grad_accum_steps examples, the
+    # same update as the whole batch (see fmjax/train/step.py: accumulated_loss_and_grads).
+    config.train.grad_accum_steps = 1
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 500
@@ -144,6 +149,13 @@ def validate_config(
             f"train.batch_size={batch_size} is not divisible by the data-parallel size "
             f"mesh.data*mesh.fsdp={data_parallel}; use a multiple of {data_parallel}"
         )
+    accum_steps = int(config.train.get("grad_accum_steps", 1))
+    if accum_steps < 1 or batch_size % (accum_steps * data_parallel):
+        raise ConfigError(
+            f"train.batch_size={batch_size} must split into train.grad_accum_steps={accum_steps} "
+            f"microbatches of a multiple of mesh.data*mesh.fsdp={data_parallel} examples; use a "
+            f"batch_size that is a multiple of {max(accum_steps, 1) * data_parallel}"
+        )
     if batch_size % num_processes:
         raise ConfigError(
             f"train.batch_size={batch_size} is not divisible by the {num_processes} processes"
@@ -165,6 +177,19 @@ def validate_config(
         )
 
 
+# Model fields that change memory and speed, not the parameters: a run may resume with others.
+RESUMABLE_MODEL_FIELDS = ("remat",)
+
+
+def _identity(config: ml_collections.ConfigDict, dotted: str):
+    """The value of a RUN_IDENTITY_FIELDS entry, as compared between a workdir and a config."""
+    value = _field(config, dotted)
+    if dotted == "model" and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in RESUMABLE_MODEL_FIELDS}
+        value.setdefault("scan_layers", False)  # runs from before the field existed
+    return value
+
+
 def _field(config: ml_collections.ConfigDict, dotted: str):
     value = config
     for part in dotted.split("."):
@@ -179,7 +204,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         with open(path) as f:
             previous = ml_collections.ConfigDict(json.load(f))
         for field in RUN_IDENTITY_FIELDS:
-            old, new = _field(previous, field), _field(config, field)
+            old, new = _identity(previous, field), _identity(config, field)
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(
                 new, sort_keys=True, default=str
             ):

@@ -133,11 +133,16 @@ class Gpt(nnx.Module):
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """An empty KV cache for `max_length` tokens per row (segment id 0 = empty slot)."""
         shape = (batch_size, max_length, self.num_heads, self.head_dim)
-        return {
-            "layers": [
+        if self.decoder.scan_layers:  # one cache stacked over layers, scanned with the blocks
+            shape = (self.num_layers, *shape)
+            layers = {"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+        else:
+            layers = [
                 {"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
                 for _ in range(self.num_layers)
-            ],
+            ]
+        return {
+            "layers": layers,
             "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
             "index": jnp.int32(0),
         }

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from fmjax.config import ConfigError
 from fmjax.models.attention import NORMAL_INIT, MultiHeadAttention
 from fmjax.parallel.sharding import constrain
 
@@ -141,11 +142,66 @@ class Block(nnx.Module):
         return x if cache is None else (x, new_cache)
 
 
+# model.remat -> the jax.checkpoint policy of every block: what its forward pass keeps for the
+# backward pass. "none" keeps every activation; "dots_saveable" keeps the matmul outputs and
+# recomputes the rest (GELU, softmax, norms, dropout); "full" keeps only the block's input and
+# recomputes the whole block (least memory, about one more forward pass of compute).
+REMAT_POLICIES = {
+    "none": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def stacked_blocks(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Block:
+    """num_layers Blocks as one Block whose params have a leading 'layers' axis (for scan)."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(
+        in_axes=(0,),
+        out_axes=0,
+        axis_size=config.num_layers,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def create(rngs: nnx.Rngs) -> Block:
+        return Block(config, rngs=rngs)
+
+    return create(rngs)
+
+
+def stack_layer_params(layers: dict) -> dict:
+    """Unrolled per-layer params {0: tree, 1: tree, ...} -> one tree of [num_layers, ...] arrays
+    (the scan_layers=True layout of the same weights; converts checkpoints between layouts)."""
+    trees = [layers[i] for i in sorted(layers, key=int)]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack_layer_params(stacked: dict) -> dict:
+    """The inverse of stack_layer_params: {0: tree, 1: tree, ...} of a stacked tree."""
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    return {i: jax.tree.map(lambda leaf, i=i: leaf[i], stacked) for i in range(num_layers)}
+
+
 class Stack(nnx.Module):
-    """num_layers Blocks; a pre-LN stack ends with a final LayerNorm."""
+    """num_layers Blocks; a pre-LN stack ends with a final LayerNorm.
+
+    model.scan_layers=True stores the blocks stacked (created by nnx.vmap: params
+    [num_layers, ...] on the logical axis 'layers') and runs them with one lax.scan, so the step
+    compiles one block instead of num_layers; False (default) keeps a list of blocks, params
+    under layers/0, layers/1, ...
+    model.remat applies a REMAT_POLICIES policy to each block either way.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        remat = config.get("remat", "none")
+        if remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}")
+        self.remat = remat
+        self.scan_layers = bool(config.get("scan_layers", False))
+        if self.scan_layers:
+            self.layers = stacked_blocks(config, rngs=rngs)
+        else:
+            self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = (
             layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
             if config.norm_position == "pre"
@@ -160,25 +216,74 @@ class Stack(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
         positions: jax.Array | None = None,
-        cache: list[dict] | None = None,
+        cache: list[dict] | dict | None = None,
         cache_index: jax.Array | int | None = None,
-    ) -> jax.Array | tuple[jax.Array, list[dict]]:
-        """[B, L, embed] -> [B, L, embed]; with `cache` (one KV cache per layer), also the
-        updated caches. positions [B, L] feed rotary attention."""
-        new_caches = []
-        for i, layer in enumerate(self.layers):
-            if cache is None:
-                x = layer(x, mask, deterministic=deterministic, rngs=rngs, positions=positions)
-            else:
-                x, layer_cache = layer(
-                    x,
-                    mask,
-                    deterministic=deterministic,
-                    rngs=rngs,
-                    positions=positions,
-                    cache=cache[i],
-                    cache_index=cache_index,
-                )
-                new_caches.append(layer_cache)
+    ) -> jax.Array | tuple[jax.Array, list[dict] | dict]:
+        """[B, L, embed] -> [B, L, embed]; with `cache`, also the updated cache. positions
+        [B, L] feed rotary attention. The cache is one {"key", "value"} per layer: a list of
+        them, or with scan_layers one dict of arrays stacked on a leading layer axis."""
+
+        def apply_block(block: Block, x: jax.Array, rngs, layer_cache):
+            out = block(
+                x,
+                mask,
+                deterministic=deterministic,
+                rngs=rngs,
+                positions=positions,
+                cache=layer_cache,
+                cache_index=cache_index,
+            )
+            return (out, None) if layer_cache is None else out
+
+        policy = REMAT_POLICIES[self.remat]
+        if self.scan_layers or policy is not None:
+            x, new_cache = self._run_pure(apply_block, policy, x, rngs, cache)
+        else:
+            new_cache = []
+            for i, layer in enumerate(self.layers):
+                x, layer_cache = apply_block(layer, x, rngs, None if cache is None else cache[i])
+                new_cache.append(layer_cache)
         x = x if self.final_norm is None else self.final_norm(x)
-        return x if cache is None else (x, new_caches)
+        return x if cache is None else (x, new_cache)
+
+    def _run_pure(self, apply_block, policy, x, rngs, cache):
+        """Runs the blocks as pure functions of (block state, x, rng state, layer cache), so
+        that lax.scan and jax.checkpoint apply (under any outer jit or loop too). The rng state
+        is threaded through every block: dropout draws the keys of the plain loop."""
+        rngs_graphdef, rngs_state = (None, None) if rngs is None else nnx.split(rngs)
+
+        def pure_block(block_graphdef):
+            def call(block_state, x, rngs_state, layer_cache):
+                block = nnx.merge(block_graphdef, block_state)
+                block_rngs = None if rngs is None else nnx.merge(rngs_graphdef, rngs_state)
+                x, layer_cache = apply_block(block, x, block_rngs, layer_cache)
+                return x, None if rngs is None else nnx.state(block_rngs), layer_cache
+
+            if policy is None:
+                return call
+            # Inside a scan the loop already keeps XLA from merging the recomputation away.
+            return jax.checkpoint(call, policy=policy, prevent_cse=not self.scan_layers)
+
+        if self.scan_layers:
+            call = pure_block(nnx.graphdef(self.layers))
+
+            def scan_body(carry, layer):
+                x, rngs_state = carry
+                x, rngs_state, layer_cache = call(layer[0], x, rngs_state, layer[1])
+                return (x, rngs_state), layer_cache
+
+            (x, rngs_state), new_cache = jax.lax.scan(
+                scan_body, (x, rngs_state), (nnx.state(self.layers), cache)
+            )
+        else:
+            new_cache = []
+            for i, layer in enumerate(self.layers):
+                block_graphdef, block_state = nnx.split(layer)
+                layer_cache = None if cache is None else cache[i]
+                x, rngs_state, layer_cache = pure_block(block_graphdef)(
+                    block_state, x, rngs_state, layer_cache
+                )
+                new_cache.append(layer_cache)
+        if rngs is not None:
+            nnx.update(rngs, rngs_state)
+        return x, new_cache

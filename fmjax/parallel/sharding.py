@@ -61,6 +61,15 @@ def check_divisible(abstract_params: dict, shardings: dict) -> None:
                 )
 
 
+def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of a tree of arrays (or ShapeDtypeStructs) under `shardings`."""
+    leaves, shardings = jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)
+    return sum(
+        int(np.prod(sharding.shard_shape(leaf.shape))) * np.dtype(leaf.dtype).itemsize
+        for leaf, sharding in zip(leaves, shardings, strict=True)
+    )
+
+
 def optimizer_shardings(tx: Any, abstract_opt_state: Any, params_sharding: Any, mesh: Mesh) -> Any:
     """Optimizer state sharded like the params it tracks; scalars (e.g. count) replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())

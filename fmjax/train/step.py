@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fmjax.config import BATCH_MESH_AXES, ConfigError
 from fmjax.models import build_model
 from fmjax.parallel.sharding import (
     batch_sharding,
@@ -87,12 +88,18 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
         rngs = None if rng is None else nnx.Rngs(dropout=rng)
         return task.loss_and_metrics(model, batch, deterministic=rng is None, rngs=rngs)
 
+    accum_steps = grad_accum_steps(config, task)
+    if accum_steps == 1:
+        loss_and_grads = jax.value_and_grad(loss_fn, has_aux=True)
+    else:
+        loss_and_grads = accumulated_loss_and_grads(
+            loss_fn, accum_steps, params_sharding, NamedSharding(mesh, MICROBATCH_SPEC)
+        )
+
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step = state["step"]
         rng = jax.random.fold_in(jax.random.key(seed), step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], batch, rng
-        )
+        (loss, metrics), grads = loss_and_grads(state["params"], batch, rng)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -135,6 +142,78 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
             eval_step, in_shardings=(params_sharding, batches), out_shardings=replicated
         ),
     )
+
+
+# Microbatches [accum_steps, batch / accum_steps, ...]: examples split like the batch.
+MICROBATCH_SPEC = PartitionSpec(None, BATCH_MESH_AXES)
+
+
+def grad_accum_steps(config: ml_collections.ConfigDict, task: Any) -> int:
+    """train.grad_accum_steps, checked against the task (validate_config checks the batch)."""
+    steps = int(config.train.get("grad_accum_steps", 1))
+    if steps < 1:
+        raise ConfigError(f"train.grad_accum_steps must be >= 1, got {steps}")
+    if steps > 1 and not getattr(task, "supports_grad_accum", True):
+        raise ConfigError(
+            f"task {task.name!r} does not split into microbatches (its loss couples the "
+            "examples of the whole batch); set train.grad_accum_steps=1"
+        )
+    return steps
+
+
+def split_microbatches(batch: dict, num: int, sharding: NamedSharding) -> dict:
+    """[B, ...] -> [num, B / num, ...] with microbatch i = rows i, i + num, i + 2 num, ...
+
+    Interleaving keeps every device's rows on that device: each holds a contiguous block of
+    B / (data x fsdp) rows, which splits into num microbatch slices without any communication.
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, sharding)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_loss_and_grads(
+    loss_fn: Callable, num: int, params_sharding: Any, microbatch_sharding: NamedSharding
+) -> Callable:
+    """Like jax.value_and_grad(loss_fn, has_aux=True), over `num` microbatches in a lax.scan,
+    holding one microbatch's activations at a time; equal to the whole batch's result.
+
+    A task's loss is the mean over the count of its "loss" metric (sum, count), e.g. masked
+    tokens for MLM, and microbatches hold different counts, so the mean of microbatch means is
+    not the batch mean. Each microbatch adds the gradient of loss * count (its loss sum); the
+    total is divided by the batch's count, as the batch's own mean would. (sum, count) metrics
+    add up. Microbatch i draws dropout with fold_in(rng, i), so dropout masks (only) differ
+    from the unsplit batch's.
+    """
+
+    def weighted_loss(params, batch, rng):
+        loss, metrics = loss_fn(params, batch, rng)
+        count = jax.lax.stop_gradient(metrics["loss"][1])
+        return loss * count, metrics
+
+    grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
+
+    def loss_and_grads(params, batch, rng):
+        def add_microbatch(grads_sum, indexed_microbatch):
+            index, microbatch = indexed_microbatch
+            (loss_sum, metrics), grads = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            return jax.lax.with_sharding_constraint(grads_sum, params_sharding), (loss_sum, metrics)
+
+        zeros = jax.lax.with_sharding_constraint(
+            jax.tree.map(jnp.zeros_like, params), params_sharding
+        )
+        microbatches = (jnp.arange(num), split_microbatches(batch, num, microbatch_sharding))
+        grads_sum, (loss_sums, metrics) = jax.lax.scan(add_microbatch, zeros, microbatches)
+        metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics)
+        count = jnp.maximum(metrics["loss"][1], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads_sum)
+        return (jnp.sum(loss_sums) / count, metrics), grads
+
+    return loss_and_grads
 
 
 def abstract_batch(task: Any, batch_size: int, sharding: NamedSharding) -> dict:
