@@ -28,7 +28,12 @@ from fmjax.tasks.text_classification import classification_metrics, confusion_ma
 from fmjax.tools import attributions, compress
 from fmjax.train import trainer
 from fmjax.train.checkpoint import Checkpointer
-from fmjax.train.init_from import flat_names, init_from_pretrained, resolve_checkpoint
+from fmjax.train.init_from import (
+    flat_names,
+    init_from_pretrained,
+    resolve_checkpoint,
+    unrolled_shapes,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
@@ -280,6 +285,17 @@ def test_init_from_copies_the_encoder_exactly_and_keeps_a_fresh_head(
     assert not any(n.startswith("mlm_") for n in new)  # the MLM head is not part of the model
 
 
+def test_unrolled_shapes_lists_stacked_blocks_per_layer():
+    shapes = {"encoder/layers/mlp/wi/kernel": (3, 8, 16), "token_embed/embedding": (50, 8)}
+    assert unrolled_shapes(shapes) == {
+        "encoder/layers/0/mlp/wi/kernel": (8, 16),
+        "encoder/layers/1/mlp/wi/kernel": (8, 16),
+        "encoder/layers/2/mlp/wi/kernel": (8, 16),
+        "token_embed/embedding": (50, 8),
+    }
+    assert unrolled_shapes({"layers/0/x": (2,)}) == {"layers/0/x": (2,)}
+
+
 def test_init_from_errors_name_the_fix(pretrained, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "missing"))
@@ -292,8 +308,12 @@ def test_init_from_errors_name_the_fix(pretrained, tmp_path):
         os.path.join(pretrained["workdir"], "checkpoints", "5")
     )
     assert (workdir, step) == (os.path.abspath(pretrained["workdir"]), 5)
-    config = smoke_config(tmp_path, pretrained["workdir"])
+    config = smoke_config(pretrained["root"], pretrained["workdir"])
     config.model.mlp_dim = 48  # another model: shapes differ
+    workdir = str(tmp_path / "never_written")
+    with pytest.raises(ConfigError, match=r"mlp/wi/bias has shape \(64,\) there"):
+        trainer.train(config, workdir)  # checked before the workdir is written
+    assert not os.path.exists(workdir)
     with pytest.raises(
         ConfigError, match=r"mlp/wi/bias has shape \(64,\) there, the model needs \(48,\)"
     ):
@@ -405,7 +425,7 @@ def test_attributions_write_a_png_and_sum_to_the_directional_derivative(fine_tun
     assert result["tokens"][0] == "[CLS]" and result["tokens"][-1] == "[SEP]"
     assert len(result["attributions"]) == len(result["tokens"])
     assert result["target"] in ("rotten", "fresh")
-    # gradient . input summed over tokens = d/da logit(a * embeddings) at a = 1 (a reference
+    # gradient . input summed over tokens = d/da log_odds(a * embeddings) at a = 1 (a reference
     # computed by central differences, independent of the gradient code)
     from fmjax.tools.workdir import load_run, make_model
 
@@ -415,12 +435,21 @@ def test_attributions_write_a_png_and_sum_to_the_directional_derivative(fine_tun
     embeddings = model.embed_tokens(ids)
     target = ("rotten", "fresh").index(result["target"])
 
-    def logit(scale: float) -> float:
+    def log_odds(scale: float) -> float:  # two classes: the logit difference
         logits = model.classify(scale * embeddings, jnp.ones_like(ids), deterministic=True)
-        return float(logits[0, target])
+        return float(logits[0, target] - logits[0, 1 - target])
 
     h = 1e-2
-    derivative = (logit(1 + h) - logit(1 - h)) / (2 * h)
+    derivative = (log_odds(1 + h) - log_odds(1 - h)) / (2 * h)
     assert sum(result["attributions"]) == pytest.approx(derivative, rel=2e-2, abs=1e-4)
     with pytest.raises(ConfigError, match="no tokens"):
         attributions.attributions(fine_tuned["workdir"], "", out)
+
+
+def test_target_log_odds_is_log_p_over_one_minus_p():
+    logits = jnp.asarray([0.3, -1.2, 2.0, 0.5])
+    probabilities = np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum()
+    for target in range(4):
+        p = probabilities[target]
+        got = float(attributions.target_log_odds(logits, target))
+        assert got == pytest.approx(np.log(p / (1 - p)), rel=1e-5)

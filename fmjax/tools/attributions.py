@@ -3,9 +3,10 @@
 python -m fmjax.tools.attributions --workdir runs/bert_tiny_cls --text "a gorgeous, witty film"
 
 For the class the model predicts (or --target), each token's attribution is
-sum_d (d logit_target / d e_td) * e_td over its token embedding e_t (Shrikumar et al. 2016;
-the first-order Taylor term of the logit in that token's embedding): positive pushes towards
-the class, negative away. Prints the tokens with their scores and writes a bar chart PNG
+sum_d (d s / d e_td) * e_td over its token embedding e_t (gradient x input, Shrikumar et al.
+2016: the first-order Taylor term of s in that token's embedding), where s is the target's
+log-odds log p / (1 - p): positive pushes towards the class, negative away. Prints the tokens
+with their scores and writes a bar chart PNG
 (default WORKDIR/attributions.png) and the numbers as JSON next to it.
 """
 
@@ -22,6 +23,14 @@ from flax import nnx
 
 from fmjax.config import ConfigError
 from fmjax.tools.workdir import load_run, make_model, read_json, run_cli
+
+
+def target_log_odds(logits: jax.Array, target: int) -> jax.Array:
+    """log p / (1 - p) of the target class: its logit minus the logsumexp of the others (the
+    logit difference for two classes); unlike p it does not saturate, unlike a raw logit it
+    does not depend on the softmax's free shift."""
+    others = jnp.delete(logits, target, assume_unique_indices=True)
+    return logits[target] - jax.nn.logsumexp(others)
 
 
 def gradient_x_input(
@@ -42,7 +51,7 @@ def gradient_x_input(
     target = int(jnp.argmax(logits)) if target is None else int(target)
     if not 0 <= target < logits.shape[-1]:
         raise ConfigError(f"--target={target}: the model has {logits.shape[-1]} classes")
-    gradients = jax.grad(lambda e: logits_of(e)[target])(embeddings)
+    gradients = jax.grad(lambda e: target_log_odds(logits_of(e), target))(embeddings)
     scores = jnp.sum(gradients * embeddings, axis=-1)[0]
     return np.asarray(scores), np.asarray(jax.nn.softmax(logits)), target
 

@@ -54,15 +54,62 @@ def flat_names(tree: Any) -> dict[str, Any]:
     return flat
 
 
-def read_pretrained_params(state_dir: str) -> dict:
-    """The params of a checkpoint's state item as a nested dict of numpy arrays (host)."""
+def _saved_params_metadata(state_dir: str) -> Any:
     try:
-        metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir))["params"]
+        return ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir))["params"]
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is the user's path
         raise ConfigError(
             f"train.init_from: cannot read {state_dir} ({type(error).__name__}); "
             "is it an fmjax checkpoint?"
         ) from None
+
+
+def unrolled_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """{name: shape} with stacked blocks (layers/<attr>..., [num_layers, ...]) listed per layer
+    (layers/<i>/<attr>..., [...]), the layout both sides are compared in."""
+    out = {}
+    for name, shape in shapes.items():
+        match = _STACKED_LAYERS.search(name)
+        if match is None:
+            out[name] = shape
+            continue
+        prefix, rest = name[: match.start() + len(match.group(1))], name[match.end(1) :]
+        for i in range(shape[0]):
+            out[f"{prefix}layers/{i}{rest[len('layers') :]}"] = tuple(shape[1:])
+    return out
+
+
+def check_init_from(config: Any, abstract_params: dict, workdir: str) -> None:
+    """For a new run with train.init_from: ConfigError unless the path is a readable checkpoint
+    sharing parameters of the same shapes with the model (checked before the workdir is written;
+    a run resuming its own checkpoints is not checked)."""
+    path = str(config.train.get("init_from", "") or "")
+    own = os.path.join(workdir, "checkpoints")
+    if not path or (os.path.isdir(own) and ocp.utils.checkpoint_steps(own)):
+        return
+    _, state_dir, _ = resolve_checkpoint(path)
+    saved = unrolled_shapes(
+        {k: tuple(v.shape) for k, v in flat_names(_saved_params_metadata(state_dir)).items()}
+    )
+    wanted = unrolled_shapes({k: tuple(v.shape) for k, v in flat_names(abstract_params).items()})
+    common = sorted(set(saved) & set(wanted))
+    if not common:
+        raise ConfigError(
+            f"train.init_from={path} holds no parameter of this model (no path in common); "
+            "is it a checkpoint of the same family?"
+        )
+    for name in common:
+        if saved[name] != wanted[name]:
+            raise ConfigError(
+                f"train.init_from={path}: parameter {name} has shape {saved[name]} there, the "
+                f"model needs {wanted[name]}; use the pretrained run's model fields "
+                "(vocab_size, embed_dim, num_layers, ...)"
+            )
+
+
+def read_pretrained_params(state_dir: str) -> dict:
+    """The params of a checkpoint's state item as a nested dict of numpy arrays (host)."""
+    metadata = _saved_params_metadata(state_dir)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {
         "params": jax.tree.map(

@@ -24,6 +24,7 @@ from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.train.checkpoint import Checkpointer
+from fmjax.train.init_from import check_init_from
 from fmjax.train.metrics import MetricsWriter, model_flops_utilization, peak_flops_per_device
 from fmjax.train.preemption import PreemptionWatcher
 from fmjax.train.step import TrainProgram, abstract_batch, build_program, summarize
@@ -82,6 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     with _Run(config) as run:
         check_workdir(config, workdir)
         data = _build_data(run)  # user data errors surface here, before the workdir is touched
+        check_init_from(run.config, run.program.abstract_state["params"], workdir)
         with WorkdirLock(workdir):
             write_snapshot(config, workdir, data.provenance)
             return _train_loop(run, data, workdir)
