@@ -13,12 +13,14 @@ from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype, dense, l
 from fmjax.parallel.sharding import constrain
 
 
-class Bert(nnx.Module):
-    """Token + position + token-type embeddings, a Transformer stack and the MLM head.
+class BertEncoder(nnx.Module):
+    """Token + position + token-type embeddings, LayerNorm and a Transformer stack (no head).
 
     Config fields (config.model): vocab_size, embed_dim, num_layers, num_heads, head_dim,
     mlp_dim, max_seq_len, type_vocab_size, dropout_rate, attention_dropout_rate,
     layer_norm_epsilon, norm_position ("post"), compute_dtype, attention_backend.
+    Heads subclass it, so every BERT model shares these parameter paths (a pretrained
+    checkpoint loads into any of them).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -30,14 +32,6 @@ class Bert(nnx.Module):
         self.embed_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
         self.encoder = Stack(config, rngs=rngs)
-        # MLM head: dense -> GELU -> LayerNorm, then the tied decoder plus a per-token bias.
-        self.mlm_transform = dense(d, d, ("embed", "embed_transform"), dtype=dtype, rngs=rngs)
-        self.mlm_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
-        self.mlm_bias = nnx.Param(
-            nnx.with_partitioning(nnx.initializers.zeros_init(), ("vocab",))(
-                rngs.params(), (config.vocab_size,), jnp.float32
-            )
-        )
         self.dtype = dtype
 
     def encode(
@@ -50,12 +44,47 @@ class Bert(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
         """Final hidden states [B, L, embed_dim] (float32) of int32 [B, L] inputs."""
-        positions = jnp.arange(input_ids.shape[1])[None, :]
-        x = self.token_embed(input_ids) + self.position_embed(positions)
+        return self.encode_embeddings(
+            self.token_embed(input_ids),
+            token_type_ids,
+            attention_mask,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+
+    def encode_embeddings(
+        self,
+        token_embeddings: jax.Array,
+        token_type_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """Final hidden states [B, L, embed_dim] (float32) from token embeddings [B, L, d]
+        (the entry point for gradient x input attributions)."""
+        positions = jnp.arange(token_embeddings.shape[1])[None, :]
+        x = token_embeddings + self.position_embed(positions)
         x = x + self.type_embed(token_type_ids)
         x = self.embed_norm(x.astype(jnp.float32))
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
         return self.encoder(x, padding_mask(attention_mask), deterministic=deterministic, rngs=rngs)
+
+
+class Bert(BertEncoder):
+    """BERT with the masked-LM head tied to the token embeddings."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        super().__init__(config, rngs=rngs)
+        dtype, d = self.dtype, config.embed_dim
+        # MLM head: dense -> GELU -> LayerNorm, then the tied decoder plus a per-token bias.
+        self.mlm_transform = dense(d, d, ("embed", "embed_transform"), dtype=dtype, rngs=rngs)
+        self.mlm_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
+        self.mlm_bias = nnx.Param(
+            nnx.with_partitioning(nnx.initializers.zeros_init(), ("vocab",))(
+                rngs.params(), (config.vocab_size,), jnp.float32
+            )
+        )
 
     def __call__(
         self,

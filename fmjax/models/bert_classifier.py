@@ -17,24 +17,17 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from fmjax.models.attention import padding_mask
-from fmjax.models.embeddings import Embedding
-from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype, dense, layer_norm
+from fmjax.models.bert import BertEncoder
+from fmjax.models.transformer import dense
 from fmjax.parallel.sharding import constrain
 
 
-class BertClassifier(nnx.Module):
+class BertClassifier(BertEncoder):
     """int32 token ids [B, L] and attention mask [B, L] -> class logits float32 [B, C]."""
 
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(config)
-        d = config.embed_dim
-        self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
-        self.position_embed = Embedding(config.max_seq_len, d, "position", dtype=dtype, rngs=rngs)
-        self.type_embed = Embedding(config.type_vocab_size, d, "token_type", dtype=dtype, rngs=rngs)
-        self.embed_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
-        self.embed_dropout = nnx.Dropout(config.dropout_rate)
-        self.encoder = Stack(config, rngs=rngs)
+        super().__init__(config, rngs=rngs)
+        dtype, d = self.dtype, config.embed_dim
         self.pooler = (
             dense(d, d, ("embed", "embed_transform"), dtype=dtype, rngs=rngs)
             if config.get("pooler", False)
@@ -44,28 +37,10 @@ class BertClassifier(nnx.Module):
             config.get("classifier_dropout_rate", config.dropout_rate)
         )
         self.classifier = dense(d, config.num_classes, ("embed", "classes"), dtype=dtype, rngs=rngs)
-        self.dtype = dtype
 
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
         """The token embeddings [B, L, embed_dim] (the input of gradient x input attributions)."""
         return self.token_embed(input_ids)
-
-    def encode(
-        self,
-        token_embeddings: jax.Array,
-        attention_mask: jax.Array,
-        *,
-        deterministic: bool,
-        rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
-        """Final hidden states [B, L, embed_dim] (float32) from token embeddings [B, L, d]:
-        BERT's position and token-type (all 0: one segment) embeddings, LayerNorm, encoder."""
-        positions = jnp.arange(token_embeddings.shape[1])[None, :]
-        x = token_embeddings + self.position_embed(positions)
-        x = x + self.type_embed(jnp.zeros(token_embeddings.shape[:2], jnp.int32))
-        x = self.embed_norm(x.astype(jnp.float32))
-        x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
-        return self.encoder(x, padding_mask(attention_mask), deterministic=deterministic, rngs=rngs)
 
     def classify(
         self,
@@ -76,8 +51,9 @@ class BertClassifier(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
         """Class logits float32 [B, C] from token embeddings [B, L, d]."""
-        hidden = self.encode(
-            token_embeddings, attention_mask, deterministic=deterministic, rngs=rngs
+        one_segment = jnp.zeros(token_embeddings.shape[:2], jnp.int32)
+        hidden = self.encode_embeddings(
+            token_embeddings, one_segment, attention_mask, deterministic=deterministic, rngs=rngs
         )
         pooled = hidden[:, 0]  # the [CLS] token
         if self.pooler is not None:
