@@ -22,7 +22,6 @@ from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.data.images import EvalBatches
-from fmjax.data.pairs import encode_texts
 from fmjax.data.pipeline import Loader, make_loader
 
 KNOWN_DATASETS = ("rotten_tomatoes", "wordnet_supersenses")
@@ -99,13 +98,24 @@ def dataset_builder(config: Any) -> tuple[Any, tuple[str, ...]]:
 
 
 def _texts_and_labels(source: Any) -> tuple[list[str], np.ndarray]:
-    texts, labels = [], np.zeros(len(source), np.int32)
-    for i in range(len(source)):
-        example = source[i]
-        text = example["text"]
-        texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-        labels[i] = int(example["label"])
-    return texts, labels
+    examples = source.__getitems__(list(range(len(source))))  # one batched read
+    texts = [
+        e["text"].decode("utf-8") if isinstance(e["text"], bytes) else e["text"] for e in examples
+    ]
+    return texts, np.asarray([int(e["label"]) for e in examples], np.int32)
+
+
+def encode(tok: tokenizers.Tokenizer, texts: list[str], seq_len: int) -> tuple[np.ndarray, int]:
+    """(int32 [N, seq_len] ids of `[CLS] text [SEP]`, cut to seq_len ending with [SEP] and
+    [PAD]-padded; the number of texts that were cut)."""
+    ids = np.full((len(texts), seq_len), tokenizer_lib.PAD_ID, np.int32)
+    num_cut = 0
+    for row, encoding in enumerate(tok.encode_batch(texts)):
+        tokens = encoding.ids
+        if len(tokens) > seq_len:
+            tokens, num_cut = tokens[: seq_len - 1] + [tokenizer_lib.SEP_ID], num_cut + 1
+        ids[row, : len(tokens)] = tokens
+    return ids, num_cut
 
 
 def pretrained_tokenizer_path(config: Any) -> str:
@@ -163,10 +173,10 @@ def build_text_classification_data(config: Any) -> TextClassificationData:
         split: _texts_and_labels(builder.as_data_source(split=split)) for split in ("train", "test")
     }
     tok, path = load_tokenizer(config, splits["train"][0])
-    encoded = {
-        split: EncodedTexts(encode_texts(tok, texts, seq_len), labels)
-        for split, (texts, labels) in splits.items()
-    }
+    encoded, num_cut = {}, {}
+    for split, (texts, labels) in splits.items():
+        ids, num_cut[split] = encode(tok, texts, seq_len)
+        encoded[split] = EncodedTexts(ids, labels)
     batch_size, seed = int(config.train.batch_size), int(config.seed)
     train = make_loader(
         encoded["train"], classification_example, global_batch_size=batch_size, seed=seed
@@ -174,13 +184,12 @@ def build_text_classification_data(config: Any) -> TextClassificationData:
     held_out = HeldOutText(
         EvalBatches(encoded["test"], classification_example, batch_size, seed), class_names
     )
-    lengths = [len(e.ids) for e in tok.encode_batch(splits["train"][0])]
     provenance = {
         "dataset": str(config.data.dataset),
         **dict(builder.info.metadata),
         "tfds_name": builder.name,
         "tfds_version": str(builder.version),
-        "num_truncated_train_texts": int(sum(n > seq_len for n in lengths)),
+        "num_truncated_texts": num_cut,  # per split: longer than data.seq_len tokens
         "tokenizer": {
             "path": path,
             "sha256": sha256_file(path),
