@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from sharding_checks import (
+    GOLDEN_MESHES,
+    assert_golden_partition_specs,
+    assert_params_split_evenly,
+    build_on_mesh,
+)
 
 from fmjax.config import load_sibling_experiment
 from fmjax.data.text import causal_lm_example, pack_documents, segment_positions
@@ -16,7 +22,6 @@ from fmjax.models import build_model
 from fmjax.models.attention import dot_product_attention
 from fmjax.models.gpt import causal_segment_mask
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import bytes_per_device
 from fmjax.tasks import build_task
 from fmjax.train import generate, trainer
 from fmjax.train.generate import generate_ids, left_pad, sample_next
@@ -251,12 +256,6 @@ def test_gpt2_small_compiles_on_8_devices(tmp_path):
     assert 0.5 < report["model_flops_per_step"] / report["flops_per_step"] < 1.5
 
 
-# The meshes of tests/test_parallel.py's golden test: same specs, other splits to divide.
-GOLDEN_MESHES = {
-    "data2xfsdp2xtensor2": {"data": 2, "fsdp": 2, "tensor": 2},
-    "fsdp8": {"data": 1, "fsdp": 8, "tensor": 1},
-    "fsdp2xtensor4": {"data": 1, "fsdp": 2, "tensor": 4},
-}
 # Mesh PartitionSpec of every gpt2_small parameter under the default rules; "*" = any layer.
 GPT2_SMALL_GOLDEN_SPECS = {
     "token_embed/embedding": P("tensor", "fsdp"),
@@ -287,26 +286,9 @@ def test_gpt2_small_partition_specs_are_golden(mesh_shape):
     config = experiment("gpt2_small.py")
     config.model.compute_dtype = "float32"
     config.model.vocab_size = 50304  # a multiple of mesh.tensor (50257 is odd)
-    config.mesh.update(mesh_shape)
-    mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
-        program = build_program(config, build_task(config), mesh)
-    flat = jax.tree_util.tree_flatten_with_path(program.state_shardings["params"])[0]
-    seen = {}
-    for path, sharding in flat:
-        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-        name = "/".join("*" if key.isdigit() else key for key in keys)
-        seen.setdefault(name, set()).add(sharding.spec)
-    assert sorted(seen) == sorted(GPT2_SMALL_GOLDEN_SPECS)
-    for name, specs in seen.items():
-        assert specs == {GPT2_SMALL_GOLDEN_SPECS[name]}, name
-    layers = {p for p, _ in flat if "layers" in jax.tree_util.keystr(p)}
-    assert len(layers) == 12 * 16
-    # Per-device parameter bytes within 10% of total / (fsdp x tensor) (copies over `data`).
-    abstract = program.abstract_state["params"]
-    per_device = bytes_per_device(abstract, program.state_shardings["params"])
-    total = sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(abstract))
-    assert per_device == pytest.approx(total / mesh_shape["fsdp"] / mesh_shape["tensor"], rel=0.1)
+    program = build_on_mesh(config, mesh_shape)
+    assert_golden_partition_specs(program, GPT2_SMALL_GOLDEN_SPECS, num_layer_params=12 * 16)
+    assert_params_split_evenly(program)
     params = jax.tree.leaves(program.abstract_state["params"])
     # GPT-2 small: 124M parameters with the tied head (at the padded vocab: +36k).
     assert sum(int(np.prod(p.shape)) for p in params) == pytest.approx(124.47e6, rel=0.002)

@@ -6,10 +6,16 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from sharding_checks import (
+    GOLDEN_MESHES,
+    assert_golden_partition_specs,
+    assert_params_split_evenly,
+    build_on_mesh,
+)
 
 from fmjax.config import load_sibling_experiment
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import bytes_per_device, shard_batch
+from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
@@ -138,45 +144,12 @@ BERT_BASE_GOLDEN_SPECS = {
 }
 
 
-# The meshes the golden specs are checked on: the specs (rules) are the same on each; what
-# changes is how many ways each axis splits, which every parameter must divide.
-GOLDEN_MESHES = {
-    "data2xfsdp2xtensor2": {"data": 2, "fsdp": 2, "tensor": 2},
-    "fsdp8": {"data": 1, "fsdp": 8, "tensor": 1},
-    "fsdp2xtensor4": {"data": 1, "fsdp": 2, "tensor": 4},
-}
-
-
-def assert_params_split_evenly(program, within: float = 0.1) -> None:
-    """Per-device parameter bytes are within `within` of total / (fsdp x tensor): the params
-    split over those axes and are copied over `data`; replicated norms and biases are the only
-    excess."""
-    abstract, shardings = program.abstract_state["params"], program.state_shardings["params"]
-    total = sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(abstract))
-    per_device = bytes_per_device(abstract, shardings)
-    model_parallel = program.mesh.shape["fsdp"] * program.mesh.shape["tensor"]
-    assert per_device == pytest.approx(total / model_parallel, rel=within)
-
-
 @pytest.mark.parametrize("mesh_shape", GOLDEN_MESHES.values(), ids=GOLDEN_MESHES.keys())
 def test_bert_base_partition_specs_are_golden(mesh_shape):
     config = experiment("bert_base.py")
     config.model.compute_dtype = "float32"
     if mesh_shape["tensor"] == 4:
         config.model.vocab_size = 30528  # 30522 does not split 4 ways; pad to a multiple of 64
-    config.mesh.update(mesh_shape)
-    mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
-        program = build_program(config, build_task(config), mesh)
-    flat = jax.tree_util.tree_flatten_with_path(program.state_shardings["params"])[0]
-    seen = {}
-    for path, sharding in flat:
-        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-        name = "/".join("*" if key.isdigit() else key for key in keys)
-        seen.setdefault(name, set()).add(sharding.spec)
-    assert sorted(seen) == sorted(BERT_BASE_GOLDEN_SPECS)
-    for name, specs in seen.items():
-        assert specs == {BERT_BASE_GOLDEN_SPECS[name]}, name
-    layers = {p for p, _ in flat if "layers" in jax.tree_util.keystr(p)}
-    assert len(layers) == 12 * 16
+    program = build_on_mesh(config, mesh_shape)
+    assert_golden_partition_specs(program, BERT_BASE_GOLDEN_SPECS, num_layer_params=12 * 16)
     assert_params_split_evenly(program)

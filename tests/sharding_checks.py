@@ -1,0 +1,52 @@
+"""Shared checks of parameter shardings for the golden-spec tests (bert_base, gpt2_small)."""
+
+import jax
+import pytest
+
+from fmjax.parallel.mesh import make_mesh
+from fmjax.parallel.sharding import bytes_per_device
+from fmjax.tasks import build_task
+from fmjax.train.step import build_program
+
+# The meshes the golden specs are checked on: the specs (rules) are the same on each; what
+# changes is how many ways each axis splits, which every parameter must divide.
+GOLDEN_MESHES = {
+    "data2xfsdp2xtensor2": {"data": 2, "fsdp": 2, "tensor": 2},
+    "fsdp8": {"data": 1, "fsdp": 8, "tensor": 1},
+    "fsdp2xtensor4": {"data": 1, "fsdp": 2, "tensor": 4},
+}
+
+
+def build_on_mesh(config, mesh_shape: dict):
+    """The TrainProgram of `config` on a mesh of `mesh_shape` (nothing is allocated)."""
+    config.mesh.update(mesh_shape)
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        return build_program(config, build_task(config), mesh)
+
+
+def assert_golden_partition_specs(program, golden: dict, num_layer_params: int) -> None:
+    """Every parameter's PartitionSpec equals golden[name] ("*" = any layer index), the names
+    are exactly golden's, and the layers hold num_layer_params arrays."""
+    flat = jax.tree_util.tree_flatten_with_path(program.state_shardings["params"])[0]
+    seen = {}
+    for path, sharding in flat:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        name = "/".join("*" if key.isdigit() else key for key in keys)
+        seen.setdefault(name, set()).add(sharding.spec)
+    assert sorted(seen) == sorted(golden)
+    for name, specs in seen.items():
+        assert specs == {golden[name]}, name
+    layers = {p for p, _ in flat if "layers" in jax.tree_util.keystr(p)}
+    assert len(layers) == num_layer_params
+
+
+def assert_params_split_evenly(program, within: float = 0.1) -> None:
+    """Per-device parameter bytes are within `within` of total / (fsdp x tensor): the params
+    split over those axes and are copied over `data`; replicated norms and biases are the only
+    excess."""
+    abstract, shardings = program.abstract_state["params"], program.state_shardings["params"]
+    total = sum(p.size * p.dtype.itemsize for p in jax.tree.leaves(abstract))
+    per_device = bytes_per_device(abstract, shardings)
+    model_parallel = program.mesh.shape["fsdp"] * program.mesh.shape["tensor"]
+    assert per_device == pytest.approx(total / model_parallel, rel=within)
