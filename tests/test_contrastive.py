@@ -25,7 +25,7 @@ from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.tasks.contrastive import clip_loss, recall_at_k, siglip_loss, similarity_logits
 from fmjax.train import trainer
-from fmjax.train.step import build_program
+from fmjax.train.step import build_program, grad_accum_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
@@ -234,7 +234,7 @@ def test_config_errors_name_the_fix(tmp_path):
     config = experiment("smoke")
     config.train.grad_accum_steps = 2
     with pytest.raises(ConfigError, match="grad_accum_steps=1"):
-        build_task(config)
+        grad_accum_steps(config, build_task(config))
     config = experiment("smoke")
     config.data.update(dataset="laion", data_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="unknown data.dataset"):

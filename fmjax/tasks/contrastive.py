@@ -77,17 +77,14 @@ class ContrastiveImageText:
     """Match each image with its caption among all pairs of the global batch."""
 
     name = "contrastive"
+    # The loss takes its negatives from the whole batch, which microbatches would shrink.
+    supports_grad_accum = False
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.loss = str(config.task.get("loss", "clip"))
         if self.loss not in LOSSES:
             raise ConfigError(f"task.loss must be one of {LOSSES}, got {self.loss!r}")
-        if int(config.train.get("grad_accum_steps", 1)) > 1:
-            raise ConfigError(
-                "the contrastive loss takes its negatives from the whole batch, which "
-                "microbatches would shrink: set train.grad_accum_steps=1"
-            )
         image = config.model.image
         self.image_shape = (int(image.image_size), int(image.image_size), int(image.num_channels))
         self.seq_len = int(config.data.seq_len)
