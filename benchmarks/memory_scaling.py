@@ -116,7 +116,6 @@ def format_row(result: dict) -> str:
     config, report = result["config"], result["report"]
     mesh = report["mesh"]
     per_device = report["per_device"]
-    loops = config.model.get("scan_layers") or config.train.get("grad_accum_steps", 1) > 1
     cells = [
         result["model"],
         f"{mesh['data']}x{mesh['fsdp']}x{mesh['tensor']}",
@@ -130,7 +129,7 @@ def format_row(result: dict) -> str:
         f"{100 * result['state_per_device'] / result['ideal']:.1f}%",
         mib(per_device["temp_bytes"]),
         mib(per_device["output_bytes"]),
-        f"{report['flops_per_step']:.3g}" + ("*" if loops else ""),
+        f"{report['flops_per_step']:.3g}" + ("*" if report["xla_flops_count_loops_once"] else ""),
         f"{report['model_flops_per_step']:.3g}",
         f"{report['compile_seconds']:.0f}",
     ]
