@@ -13,6 +13,8 @@ import types
 
 import ml_collections
 
+from fmjax.errors import ConfigError
+
 DEFAULT_DATA_DIR = "~/.cache/fmjax/data"
 
 # Logical axis name -> mesh axes. Parameters and activations name their axes logically
@@ -43,10 +45,6 @@ DEFAULT_LOGICAL_AXIS_RULES = (
 )
 # Batches (every array with a leading example axis) are split over these mesh axes.
 BATCH_MESH_AXES = ("data", "fsdp")
-
-
-class ConfigError(ValueError):
-    """A mistake in the user's config, data or workdir: printed as one line, exit non-zero."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -26,9 +26,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "generate"], "What to do.")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"fmjax: error: {message}", file=sys.stderr)
-    _exit(2)
+    _exit(code)
 
 
 def _multi_process() -> bool:
@@ -93,13 +93,13 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         _fail("--workdir is required, e.g. --workdir runs/bert_tiny")
 
-    from fmjax.config import ConfigError
+    from fmjax.errors import FmjaxError
     from fmjax.parallel.distributed import initialize_distributed
 
     try:  # before anything starts a JAX backend
         initialize_distributed(_CONFIG.value)
-    except ConfigError as error:
-        _fail(str(error))
+    except FmjaxError as error:
+        _fail(str(error), error.exit_code)
 
     from fmjax.train import generate, trainer
 
@@ -111,8 +111,8 @@ def main(argv: list[str]) -> None:
     }
     try:
         run[_MODE.value](_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
-        _fail(str(error))
+    except FmjaxError as error:
+        _fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; re-run the same command to resume from the latest checkpoint")
     except Exception:

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fmjax.config import ConfigError, load_sibling_experiment
+from fmjax.config import load_sibling_experiment
 from fmjax.data.corpora import is_validation
 from fmjax.data.corpora.emoji import CLASS_NAMES, VALIDATION_FRACTION, coarse_label
 from fmjax.data.images import EvalBatches
 from fmjax.data.pairs import HeldOutPairs, build_pair_data, encode_texts, random_shift_crop
 from fmjax.data.pipeline import example_rng
 from fmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID
+from fmjax.errors import ConfigError
 from fmjax.parallel.mesh import make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task

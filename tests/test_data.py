@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tokenizers
 
-from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import load_corpus
 from fmjax.data.corpora.gcide import clean_entry, entry_offsets
 from fmjax.data.corpora.shakespeare import play_text
 from fmjax.data.pipeline import fixed_batches, make_loader
 from fmjax.data.text import mask_for_mlm, pack_sentences
+from fmjax.errors import ConfigError
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)

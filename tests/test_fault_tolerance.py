@@ -13,7 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fmjax.config import ConfigError, load_sibling_experiment
+from fmjax.config import load_sibling_experiment
+from fmjax.errors import ConfigError, RunFailure
 from fmjax.tasks.mlm import MaskedLanguageModeling
 from fmjax.train import trainer
 from fmjax.train.checkpoint import Checkpointer
@@ -252,7 +253,7 @@ def test_nonfinite_halt_stops_with_a_clear_error(shared_data_dir, tmp_path):
         schedule="constant",
         nonfinite="halt",
     )
-    with pytest.raises(ConfigError, match="non-finite loss"):
+    with pytest.raises(RunFailure, match="non-finite loss"):
         trainer.train(config, str(workdir))
 
 
@@ -316,15 +317,15 @@ def test_disk_full_during_a_save_is_a_clear_error(shared_data_dir, tmp_path, mon
         return save(self, step, state, data_state, force)
 
     monkeypatch.setattr(Checkpointer, "save", full_disk)
-    with pytest.raises(ConfigError, match="disk full"):
+    with pytest.raises(RunFailure, match="disk full"):
         trainer.train(smoke_config(shared_data_dir, num_steps=6), str(workdir))
     assert Checkpointer(str(workdir), 3, 3).latest_step() == 3
 
 
 def _raise_as_save(step):
-    from fmjax.train.checkpoint import _disk_errors_as_config_errors
+    from fmjax.train.checkpoint import _disk_full_as_run_failure
 
-    return _disk_errors_as_config_errors(step)
+    return _disk_full_as_run_failure(step)
 
 
 def test_second_run_on_a_workdir_in_use_is_refused(shared_data_dir, tmp_path):

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fmjax.config import ConfigError, load_sibling_experiment
+from fmjax.config import load_sibling_experiment
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora.rotten_tomatoes import CSV_FILE, RottenTomatoes, is_test_movie
 from fmjax.data.corpora.wordnet_supersenses import LEXNAMES, WordnetSupersenses, is_test_gloss
+from fmjax.errors import ConfigError
 from fmjax.models.bert import Bert
 from fmjax.tasks.text_classification import classification_metrics, confusion_matrix
 from fmjax.tools import attributions, compress

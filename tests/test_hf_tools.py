@@ -20,8 +20,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fmjax.config import ConfigError, load_sibling_experiment  # noqa: E402
+from fmjax.config import load_sibling_experiment  # noqa: E402
 from fmjax.data import tokenizer as tokenizer_lib  # noqa: E402
+from fmjax.errors import ConfigError  # noqa: E402
 from fmjax.tools import attention_maps, export_hf, import_hf, model_card  # noqa: E402
 from fmjax.tools.workdir import (  # noqa: E402
     abstract_params,

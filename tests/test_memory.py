@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from fmjax.config import ConfigError, check_workdir, load_sibling_experiment, validate_config
+from fmjax.config import check_workdir, load_sibling_experiment, validate_config
+from fmjax.errors import ConfigError
 from fmjax.models import build_model
 from fmjax.models.transformer import stack_layer_params, unstack_layer_params
 from fmjax.parallel.mesh import make_mesh

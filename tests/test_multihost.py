@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from jax.experimental import mesh_utils
 
-from fmjax.config import ConfigError, load_sibling_experiment
+from fmjax.config import load_sibling_experiment
 from fmjax.data.pipeline import make_loader
+from fmjax.errors import ConfigError
 from fmjax.parallel.distributed import plan_distributed
 from fmjax.parallel.mesh import (
     check_batch_rows_per_process,

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from fmjax.config import ConfigError, load_sibling_experiment
+from fmjax.config import load_sibling_experiment
 from fmjax.data.corpora.fashion_mnist import SPLIT_FILES, read_idx, write_idx
 from fmjax.data.images import (
     EvalBatches,
@@ -19,6 +19,7 @@ from fmjax.data.images import (
     random_crop,
 )
 from fmjax.data.pipeline import example_rng
+from fmjax.errors import ConfigError
 from fmjax.models.vit import patchify, unpatchify
 from fmjax.tasks import build_task
 from fmjax.train import trainer

@@ -10,11 +10,11 @@ import numpy as np
 import tokenizers
 import tqdm
 
-from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.pipeline import Loader, fixed_batches, make_loader
 from fmjax.data.prepared import corpus_dir, prepare_tokenized_corpus
 from fmjax.data.text import causal_lm_example, pack_documents
+from fmjax.errors import ConfigError
 
 ENCODE_CHUNK = 64  # documents per encode_batch call (one progress-bar tick)
 

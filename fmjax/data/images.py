@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import open_prepared_tfds
 from fmjax.data.pipeline import Loader, example_rng, make_loader
+from fmjax.errors import ConfigError
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the 60,000 training pixels in [0, 1]
 IMAGENET_RESIZE_RATIO = 256 / 224  # eval: short side to 256 for a 224 crop (standard)

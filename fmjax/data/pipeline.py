@@ -10,7 +10,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 Transform = Callable[[Any, np.random.Generator], dict[str, np.ndarray]]
 PREFETCH_BATCHES = 4

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import corpus_provenance, load_corpus, sha256_file
+from fmjax.errors import ConfigError
 
 SPLITS = ("train", "validation")
 TrainTokenizer = Callable[[Iterable[str], int, str], tokenizers.Tokenizer]

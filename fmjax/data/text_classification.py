@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.data.images import EvalBatches
 from fmjax.data.pipeline import Loader, make_loader
+from fmjax.errors import ConfigError
 
 KNOWN_DATASETS = ("rotten_tomatoes", "wordnet_supersenses")
 

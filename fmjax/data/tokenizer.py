@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 WORDPIECE_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)

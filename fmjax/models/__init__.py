@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 
 def build_model(model_config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:

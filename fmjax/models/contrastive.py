@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from fmjax.config import ConfigError
 from fmjax.data.tokenizer import PAD_ID
+from fmjax.errors import ConfigError
 from fmjax.models.attention import padding_mask
 from fmjax.models.embeddings import Embedding
 from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 from fmjax.models.attention import NORMAL_INIT, MultiHeadAttention
 from fmjax.parallel.sharding import constrain
 

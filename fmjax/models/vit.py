@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 from fmjax.models.embeddings import Embedding, PatchEmbedding
 from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
 from fmjax.parallel.sharding import constrain

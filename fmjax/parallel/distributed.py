@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 CLUSTERS = ("auto", "explicit", "slurm", "tpu", "none")
 ENV_COORDINATOR = "FMJAX_COORDINATOR"

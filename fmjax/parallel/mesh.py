@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

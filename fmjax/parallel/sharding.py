@@ -12,7 +12,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fmjax.config import BATCH_MESH_AXES, ConfigError
+from fmjax.config import BATCH_MESH_AXES
+from fmjax.errors import ConfigError
 
 Rules = Sequence[tuple[str, Any]]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 
 def build_task(config: ml_collections.ConfigDict):

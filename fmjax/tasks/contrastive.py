@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 from fmjax.models.vit import num_patches, num_tokens
 from fmjax.parallel.sharding import constrain, shard_batch
 

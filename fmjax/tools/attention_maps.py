@@ -21,8 +21,8 @@ import numpy as np
 import tokenizers
 from flax import nnx
 
-from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.errors import ConfigError
 from fmjax.models.attention import MultiHeadAttention
 from fmjax.tools.workdir import load_run, make_model, run_cli
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 from fmjax.tools.workdir import load_run, make_model, read_json, run_cli
 
 

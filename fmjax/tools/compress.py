@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 from fmjax.tools.workdir import (
     read_config,
     restore_params,

@@ -24,8 +24,8 @@ import os
 import ml_collections
 import tokenizers
 
-from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.errors import ConfigError
 from fmjax.tools.hf_weights import to_hf, weights_of
 from fmjax.tools.workdir import load_run, run_cli
 

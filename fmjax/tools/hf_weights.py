@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 # HF buffers that are not weights (attention-mask tables, position index tables).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "position_ids")

@@ -30,9 +30,10 @@ import ml_collections
 import numpy as np
 import tokenizers
 
-from fmjax.config import ConfigError, load_sibling_experiment, resolve_auto_fields, write_snapshot
+from fmjax.config import load_sibling_experiment, resolve_auto_fields, write_snapshot
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
+from fmjax.errors import ConfigError
 from fmjax.tools.hf_weights import from_hf, normalize_names, weights_of
 from fmjax.tools.workdir import abstract_params, inference_config, run_cli, stacked_layers
 

@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import tokenizers
 from flax import nnx
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import sha256_file
+from fmjax.errors import ConfigError
 from fmjax.models import build_model
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError, RunFailure
 
 
 class Checkpointer:
@@ -44,7 +44,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
         """Saves at `step` when it is due (every_steps) or when forced; returns whether it did."""
-        with _disk_errors_as_config_errors(step):
+        with _disk_full_as_run_failure(step):
             return self.manager.save(
                 step,
                 args=ocp.args.Composite(
@@ -96,7 +96,7 @@ class Checkpointer:
 
     def close(self) -> None:
         """Waits for pending async saves, then releases the manager."""
-        with _disk_errors_as_config_errors(self.latest_step()):
+        with _disk_full_as_run_failure(self.latest_step()):
             self.manager.wait_until_finished()
         self.manager.close()
 
@@ -120,7 +120,7 @@ def _check_param_shapes(step: int, saved: Any, expected: Any) -> None:
             )
 
 
-class _disk_errors_as_config_errors:
+class _disk_full_as_run_failure:
     """Turns 'no space left' during a save into a one-line error that names the fix."""
 
     def __init__(self, step: int | None):
@@ -134,7 +134,7 @@ class _disk_errors_as_config_errors:
             return False
         full = isinstance(error, OSError) and error.errno == errno.ENOSPC
         if full or "No space left on device" in str(error):
-            raise ConfigError(
+            raise RunFailure(
                 f"disk full while saving the checkpoint of step {self.step}; earlier checkpoints "
                 "are intact: free space (or move --workdir) and re-run the same command"
             ) from None

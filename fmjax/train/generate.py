@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from fmjax.config import ConfigError
 from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.errors import ConfigError
 
 NEG_INF = -1e30
 

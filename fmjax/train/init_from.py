@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 _STACKED_LAYERS = re.compile(r"(^|/)layers/[^0-9/][^/]*")  # scan_layers: layers/<attr>/...
 

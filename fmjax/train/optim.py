@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import optax
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 # Parameters never decayed (BERT/GPT convention): biases and LayerNorm scales.
 NO_DECAY_NAMES = ("bias", "scale")

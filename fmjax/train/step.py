@@ -14,7 +14,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fmjax.config import BATCH_MESH_AXES, ConfigError
+from fmjax.config import BATCH_MESH_AXES
+from fmjax.errors import ConfigError
 from fmjax.models import build_model
 from fmjax.parallel.sharding import (
     batch_sharding,

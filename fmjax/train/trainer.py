@@ -14,12 +14,12 @@ import numpy as np
 from tqdm import tqdm
 
 from fmjax.config import (
-    ConfigError,
     check_workdir,
     resolve_auto_fields,
     validate_config,
     write_snapshot,
 )
+from fmjax.errors import ConfigError, RunFailure
 from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
@@ -132,7 +132,7 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
             window_steps += 1
             progress.update(1)
             if halt_on_nonfinite and float(metrics["nonfinite"][0]):
-                raise ConfigError(
+                raise RunFailure(
                     f"non-finite loss or gradients at step {step} (the update was not applied); "
                     f"the last good checkpoint is step {checkpoints.latest_step() or 'none'}: "
                     "lower train.learning_rate, or set train.nonfinite=skip"

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 
 class WorkdirLock:

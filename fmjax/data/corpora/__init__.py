@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-from fmjax.config import ConfigError
+from fmjax.errors import ConfigError
 
 KNOWN_CORPORA = ("shakespeare", "gcide", "tfds:<name>")
 

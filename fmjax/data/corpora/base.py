@@ -12,8 +12,8 @@ import subprocess
 
 import tensorflow_datasets as tfds
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import fetch_debian_package, sha256_file
+from fmjax.errors import ConfigError
 
 
 class PackageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

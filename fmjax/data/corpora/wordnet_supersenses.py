@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from fmjax.config import ConfigError
 from fmjax.data.corpora import is_validation
 from fmjax.data.corpora.base import PackageBuilder
+from fmjax.errors import ConfigError
 
 PACKAGE = "wordnet-base"
 PACKAGE_DIR = "usr/share/wordnet"
