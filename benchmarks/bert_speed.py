@@ -124,11 +124,10 @@ def main() -> None:
 
     from test_parallel import random_mlm_batch
 
-    from fmjax.config import load_sibling_experiment, resolve_auto_fields
+    from fmjax.config import resolve_auto_fields
+    from fmjax.experiments import experiment_config
 
-    config = load_sibling_experiment(
-        os.path.join(REPO, "experiments", "x.py"), "bert_tiny.py"
-    ).get_config(args.preset)
+    config = experiment_config("bert_tiny", args.preset)
     resolve_auto_fields(config, "cpu")
     config.train.batch_size = args.batch_size
 

@@ -55,10 +55,9 @@ PADDED_VOCAB = {"bert_base": 30528, "gpt2_small": 50304}
 
 def experiment_config(name: str, row: str, batch_size: int):
     """The experiment's config with the row's mesh and knobs."""
-    from fmjax.config import load_sibling_experiment
+    from fmjax import experiments
 
-    config = load_sibling_experiment(os.path.join(REPO, "experiments", "x.py"), f"{name}.py")
-    config = config.get_config()
+    config = experiments.experiment_config(name)
     (data, fsdp, tensor), model_fields, train_fields = ROWS[row]
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
     config.model.update(vocab_size=PADDED_VOCAB[name], **model_fields)

@@ -6,12 +6,9 @@ Same recipe and corpus as bert_base.py; shard it with fsdp on real hardware:
 
 import ml_collections
 
-from fmjax.config import load_sibling_experiment
-
-bert_base = load_sibling_experiment(__file__, "bert_base.py")
+from fmjax.experiments import bert_model, bert_pretraining_config, parse_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-    config = bert_base.get_config(preset)
-    config.model.update(embed_dim=1024, num_layers=24, num_heads=16, mlp_dim=4096)
-    return config
+    parse_preset(preset, "bert_large")  # none: override fields with --config.*
+    return bert_pretraining_config(bert_model("large"), corpus="gcide")

@@ -10,23 +10,21 @@ matrix.
 
 import ml_collections
 
-from fmjax.config import base_config, load_sibling_experiment
+from fmjax.config import base_config
+from fmjax.experiments import bert_model, parse_preset
 
 PRETRAINED = "runs/bert_tiny"  # the workdir of experiments/bert_tiny.py
-PRESETS = ("smoke", "scratch", "supersense")
 NUM_CLASSES = {"rotten_tomatoes": 2, "wordnet_supersenses": 45}
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-    presets = [p for p in (preset or "").split(",") if p]
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset {unknown[0]!r} for bert_tiny_cls (known: {PRESETS})")
-    dataset = "wordnet_supersenses" if "supersense" in presets else "rotten_tomatoes"
+    presets = parse_preset(preset, "bert_tiny_cls", smoke=False, scratch=False, supersense=False)
+    dataset = "wordnet_supersenses" if presets.supersense else "rotten_tomatoes"
 
     config = base_config()
     # The pretrained model's fields: every encoder parameter must have its shape.
-    config.model = load_sibling_experiment(__file__, "bert_tiny.py").bert_model(
+    config.model = bert_model(
+        "tiny",
         family="bert_classifier",
         num_classes=NUM_CLASSES[dataset],
         pooler=False,  # True: BERT's dense + tanh on [CLS] (new weights: bert_tiny has no NSP)
@@ -50,14 +48,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 500  # eval = the whole test split (1,680 reviews)
     config.checkpoint.every_steps = 500
 
-    if "supersense" in presets:  # 105,760 train glosses: less than one epoch
+    if presets.supersense:  # 105,760 train glosses: less than one epoch
         config.train.num_steps = 2000
         config.train.eval_every = 1000  # eval = 11,899 test glosses
         config.checkpoint.every_steps = 1000
-    if "scratch" in presets:
+    if presets.scratch:
         config.train.init_from = ""
         config.train.learning_rate = 5e-4  # random init tolerates (and needs) a larger step
-    if "smoke" in presets:  # seconds: for tests and quick checks (init_from is set by the test)
+    if presets.smoke:  # seconds: for tests and quick checks (init_from is set by the test)
         config.model.update(
             vocab_size=512, embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64
         )

@@ -11,10 +11,10 @@ import math
 import ml_collections
 
 from fmjax.config import base_config
+from fmjax.experiments import parse_preset
 
 # (log logit scale, logit bias) at init: CLIP's temperature 0.07; SigLIP's scale 10, bias -10.
 LOGIT_INITS = {"clip": (math.log(1 / 0.07), 0.0), "siglip": (math.log(10.0), -10.0)}
-PRESETS = ("smoke", "siglip")
 
 
 def contrastive_model(**overrides) -> ml_collections.ConfigDict:
@@ -59,11 +59,8 @@ def contrastive_model(**overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-    presets = [p for p in (preset or "").split(",") if p]
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset {unknown[0]!r} for contrastive_tiny (known: {PRESETS})")
-    loss = "siglip" if "siglip" in presets else "clip"
+    presets = parse_preset(preset, "contrastive_tiny", smoke=False, siglip=False)
+    loss = "siglip" if presets.siglip else "clip"
 
     config = base_config()
     config.model = contrastive_model()
@@ -87,7 +84,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 250  # eval = all 177 held-out pairs
     config.checkpoint.every_steps = 250
 
-    if "smoke" in presets:  # seconds: for tests and quick checks
+    if presets.smoke:  # seconds: for tests and quick checks
         config.model.projection_dim = 32
         for tower in (config.model.image, config.model.text):
             tower.update(embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)

@@ -7,31 +7,19 @@ Train on GCIDE (default) or a prepared TFDS text dataset (--config.data.corpus=t
 
 import ml_collections
 
-from fmjax.config import base_config, load_sibling_experiment
-
-_tiny = load_sibling_experiment(__file__, "gpt_tiny.py")
+from fmjax.config import base_config
+from fmjax.experiments import generate_config, gpt_model, parse_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    parse_preset(preset, "gpt2_small")  # none: override fields with --config.*
     config = base_config()
-    # 50257 = GPT-2's vocabulary; tensor parallelism needs a multiple of mesh.tensor
-    # (e.g. --config.model.vocab_size=50304, as nanoGPT pads it for speed).
-    config.model = _tiny.gpt_model(
-        vocab_size=50257,
-        embed_dim=768,
-        num_layers=12,
-        num_heads=12,
-        head_dim=64,
-        mlp_dim=3072,
-        max_seq_len=1024,
-        dropout_rate=0.0,
-        attention_dropout_rate=0.0,
-    )
+    config.model = gpt_model("small")  # vocab 50257: see fmjax.experiments.SHAPES on padding it
     config.task = ml_collections.ConfigDict(dict(name="causal_lm"))
     config.data.corpus = "gcide"
     config.data.source_dir = ""
     config.data.seq_len = 1024
-    config.generate = _tiny.generate_config(prompt="The meaning of", max_new_tokens=128)
+    config.generate = generate_config(prompt="The meaning of", max_new_tokens=128)
 
     # GPT-2 / nanoGPT recipe: AdamW 6e-4, linear warmup then cosine decay to 10%, wd 0.1.
     config.train.num_steps = 600_000
@@ -49,6 +37,4 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 2000
     config.train.eval_batches = 20
     config.checkpoint.every_steps = 2000
-    if preset:
-        raise ValueError(f"unknown preset {preset!r} for gpt2_small (no presets)")
     return config

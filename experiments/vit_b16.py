@@ -12,33 +12,23 @@ python -m fmjax.main --config experiments/vit_b16.py --workdir runs/vit_b16 \
     --config.data.data_dir=/path/with/tfds/imagenet2012
 """
 
-from fmjax.config import load_sibling_experiment
+import ml_collections
+
+from fmjax.config import base_config
+from fmjax.experiments import parse_preset, vit_model
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 EPOCHS = 90
 
 
-def get_config(preset: str | None = None):
-    tiny = load_sibling_experiment(__file__, "vit_tiny.py")
-    config = tiny.get_config()
-    config.model = tiny.vit_model(
-        image_size=224,
-        patch_size=16,
-        num_channels=3,
-        num_classes=1000,
-        pooling="gap",
-        embed_dim=768,
-        num_layers=12,
-        num_heads=12,
-        head_dim=64,
-        mlp_dim=3072,
-        compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
-    )
-    config.task.label_smoothing = 0.0
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    parse_preset(preset, "vit_b16")  # none: override fields with --config.*
+    config = base_config()
+    config.model = vit_model("b16", image_size=224, num_channels=3, num_classes=1000)
+    config.task = ml_collections.ConfigDict(dict(name="image_classification", label_smoothing=0.0))
     config.data.dataset = "tfds:imagenet2012"
-    config.data.image_size = 224
-    del config.data["crop_padding"]  # Fashion-MNIST only; ImageNet uses the Inception crop
-    del config.data["random_flip"]
+    config.data.source_dir = ""
+    config.data.image_size = 224  # Inception crop + flip (no crop_padding: Fashion-MNIST only)
 
     config.train.batch_size = 1024
     config.train.num_steps = EPOCHS * IMAGENET_TRAIN_IMAGES // config.train.batch_size  # 112,602
@@ -54,6 +44,4 @@ def get_config(preset: str | None = None):
     config.train.log_every = 100
     config.train.eval_every = 5_000  # the full 50,000-image validation split
     config.checkpoint.every_steps = 5_000
-    if preset:
-        raise ValueError(f"unknown preset {preset!r} for vit_b16 (it has none)")
     return config

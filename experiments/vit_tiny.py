@@ -7,40 +7,13 @@ Eval reports top-1 accuracy on all 10,000 test images (chance is 10%).
 import ml_collections
 
 from fmjax.config import base_config
-
-
-def vit_model(**overrides) -> ml_collections.ConfigDict:
-    """ViT model fields (shared by the vit_* experiment files)."""
-    model = ml_collections.ConfigDict(
-        dict(
-            family="vit",
-            image_size=28,
-            patch_size=4,  # 7 x 7 = 49 patches of 4 x 4 pixels
-            num_channels=1,
-            num_classes=10,
-            pooling="gap",  # "cls": a learned class token | "gap": mean of the patch outputs
-            embed_dim=128,
-            num_layers=4,
-            num_heads=4,
-            head_dim=32,
-            mlp_dim=256,
-            dropout_rate=0.0,
-            attention_dropout_rate=0.0,
-            layer_norm_epsilon=1e-6,
-            norm_position="pre",
-            compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
-            attention_backend="xla",  # "xla" | "cudnn" (GPU) via jax.nn.dot_product_attention
-            remat="none",  # "none" | "dots_saveable" | "full": recompute activations per block
-            scan_layers=False,  # True: blocks stacked on a "layers" axis, one lax.scan
-        )
-    )
-    model.update(overrides)
-    return model
+from fmjax.experiments import parse_preset, vit_model
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    presets = parse_preset(preset, "vit_tiny", smoke=False)
     config = base_config()
-    config.model = vit_model()
+    config.model = vit_model("tiny")
     config.task = ml_collections.ConfigDict(dict(name="image_classification", label_smoothing=0.0))
     config.data.dataset = "fashion_mnist"  # fashion_mnist | tfds:<name> (prepared by the user)
     config.data.source_dir = ""  # a folder with the idx .gz files or the .deb (skips apt-get)
@@ -60,7 +33,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 600  # eval = the whole test split (79 batches of 128)
     config.checkpoint.every_steps = 600
 
-    if preset == "smoke":  # seconds: for tests and quick checks
+    if presets.smoke:  # seconds: for tests and quick checks
         config.model.update(embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)
         config.model.patch_size = 7
         config.train.update(
@@ -72,6 +45,4 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             eval_every=8,
         )
         config.checkpoint.every_steps = 8
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r} for vit_tiny (known: smoke)")
     return config

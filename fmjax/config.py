@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-import types
 
 import ml_collections
 
@@ -301,15 +299,6 @@ def _git_revision() -> str | None:
     if out.returncode:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def load_sibling_experiment(this_file: str, name: str) -> types.ModuleType:
-    """Imports another experiment file from the same folder (experiments build on each other)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
-    spec = importlib.util.spec_from_file_location(f"fmjax_experiment_{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def resolve_auto_fields(config: ml_collections.ConfigDict, backend: str) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fmjax.config import load_sibling_experiment
 from fmjax.data.corpora import is_validation
 from fmjax.data.corpora.emoji import CLASS_NAMES, VALIDATION_FRACTION, coarse_label
 from fmjax.data.images import EvalBatches
@@ -21,6 +20,7 @@ from fmjax.data.pairs import HeldOutPairs, build_pair_data, encode_texts, random
 from fmjax.data.pipeline import example_rng
 from fmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID
 from fmjax.errors import ConfigError
+from fmjax.experiments import experiment_config
 from fmjax.parallel.mesh import make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
@@ -29,11 +29,10 @@ from fmjax.train import trainer
 from fmjax.train.step import build_program, grad_accum_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
 
 
 def experiment(preset: str | None = None) -> ml_collections.ConfigDict:
-    return load_sibling_experiment(EXPERIMENTS, "contrastive_tiny.py").get_config(preset)
+    return experiment_config("contrastive_tiny", preset)
 
 
 def unit_rows(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:

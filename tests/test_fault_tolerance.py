@@ -13,8 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fmjax.config import load_sibling_experiment
 from fmjax.errors import ConfigError, RunFailure
+from fmjax.experiments import experiment_config
 from fmjax.tasks.mlm import MaskedLanguageModeling
 from fmjax.train import trainer
 from fmjax.train.checkpoint import Checkpointer
@@ -25,7 +25,7 @@ TINY = f"{REPO}/experiments/bert_tiny.py:smoke"
 
 
 def smoke_config(data_dir: str, **train):
-    config = load_sibling_experiment(f"{REPO}/experiments/x.py", "bert_tiny.py").get_config("smoke")
+    config = experiment_config("bert_tiny", "smoke")
     config.data.data_dir = data_dir
     config.train.update(train)
     return config
@@ -168,10 +168,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(shared_data_di
 RESTORE_SCRIPT = """
 import json, sys
 import numpy as np
-from fmjax.config import load_sibling_experiment
+from fmjax.experiments import experiment_config
 from fmjax.train.checkpoint import Checkpointer
 from fmjax.train.trainer import _Run
-config = load_sibling_experiment(sys.argv[1], "bert_tiny.py").get_config("smoke")
+config = experiment_config(sys.argv[1], "smoke")
 config.mesh.update(json.loads(sys.argv[3]))
 with _Run(config) as run:
     state, _, step = Checkpointer(sys.argv[2], 3, 3).restore_latest(run.program.abstract_state)
@@ -198,14 +198,15 @@ def test_restore_onto_another_mesh_is_exact(devices, mesh, shared_data_dir, tmp_
         trainer.train(config, str(workdir))
     out = workdir.parent / f"kernel_{devices}.npy"
     script = RESTORE_SCRIPT.replace(
-        'get_config("smoke")', 'get_config("smoke")\nconfig.model.update(num_heads=4, head_dim=16)'
+        'experiment_config(sys.argv[1], "smoke")',
+        'experiment_config(sys.argv[1], "smoke")\nconfig.model.update(num_heads=4, head_dim=16)',
     )
     result = subprocess.run(
         [
             sys.executable,
             "-c",
             script,
-            f"{REPO}/experiments/x.py",
+            "bert_tiny",
             str(workdir),
             json.dumps(mesh),
             str(out),

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fmjax.config import load_sibling_experiment
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora.rotten_tomatoes import CSV_FILE, RottenTomatoes, is_test_movie
 from fmjax.data.corpora.wordnet_supersenses import LEXNAMES, WordnetSupersenses, is_test_gloss
 from fmjax.errors import ConfigError
+from fmjax.experiments import experiment_config
 from fmjax.models.bert import Bert
 from fmjax.tasks.text_classification import classification_metrics, confusion_matrix
 from fmjax.tools import attributions, compress
@@ -37,13 +37,12 @@ from fmjax.train.init_from import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
 POSITIVE = ("wonderful", "delightful", "moving", "brilliant", "charming")
 NEGATIVE = ("dull", "tedious", "clumsy", "boring", "lifeless")
 
 
 def experiment(preset: str = "smoke") -> ml_collections.ConfigDict:
-    return load_sibling_experiment(EXPERIMENTS, "bert_tiny_cls.py").get_config(preset)
+    return experiment_config("bert_tiny_cls", preset)
 
 
 def review(words: tuple[str, ...], index: int) -> str:

@@ -16,8 +16,8 @@ from sharding_checks import (
     build_on_mesh,
 )
 
-from fmjax.config import load_sibling_experiment
 from fmjax.data.text import causal_lm_example, pack_documents, segment_positions
+from fmjax.experiments import experiment_config, gpt_model
 from fmjax.models import build_model
 from fmjax.models.attention import dot_product_attention
 from fmjax.models.gpt import causal_segment_mask
@@ -27,11 +27,9 @@ from fmjax.train import generate, trainer
 from fmjax.train.generate import generate_ids, left_pad, sample_next
 from fmjax.train.step import build_program
 
-EXPERIMENTS = __file__.replace("tests/test_gpt.py", "experiments/x.py")
-
 
 def experiment(name: str, preset: str | None = None):
-    return load_sibling_experiment(EXPERIMENTS, name).get_config(preset)
+    return experiment_config(name, preset)
 
 
 def tiny_model(seed: int = 0, **overrides) -> nnx.Module:
@@ -40,7 +38,7 @@ def tiny_model(seed: int = 0, **overrides) -> nnx.Module:
         max_seq_len=32, compute_dtype="float32",
     )  # fmt: skip
     fields.update(overrides)
-    model_config = load_sibling_experiment(EXPERIMENTS, "gpt_tiny.py").gpt_model(**fields)
+    model_config = gpt_model("tiny", **fields)
     with nnx.use_eager_sharding(False):
         return build_model(model_config, nnx.Rngs(seed))
 

@@ -7,11 +7,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fmjax.config import load_sibling_experiment  # noqa: E402
+from fmjax.experiments import experiment_config  # noqa: E402
 from fmjax.models import build_model  # noqa: E402
 from fmjax.tools.hf_weights import bert_to_hf  # noqa: E402
-
-EXPERIMENTS = __file__.replace("tests/test_hf_parity.py", "experiments/x.py")
 
 
 def hf_state_dict(params: dict, num_layers: int) -> dict:
@@ -20,7 +18,7 @@ def hf_state_dict(params: dict, num_layers: int) -> dict:
 
 
 def test_logits_match_transformers():
-    config = load_sibling_experiment(EXPERIMENTS, "bert_tiny.py").get_config("smoke")
+    config = experiment_config("bert_tiny", "smoke")
     model_config = config.model
     model_config.update(compute_dtype="float32", vocab_size=300, max_seq_len=32)
     with nnx.use_eager_sharding(False):

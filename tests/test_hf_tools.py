@@ -20,9 +20,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fmjax.config import load_sibling_experiment  # noqa: E402
 from fmjax.data import tokenizer as tokenizer_lib  # noqa: E402
 from fmjax.errors import ConfigError  # noqa: E402
+from fmjax.experiments import experiment_config, load_experiment  # noqa: E402
 from fmjax.tools import attention_maps, export_hf, import_hf, model_card  # noqa: E402
 from fmjax.tools.workdir import (  # noqa: E402
     abstract_params,
@@ -33,7 +33,6 @@ from fmjax.tools.workdir import (  # noqa: E402
 from fmjax.train import trainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
     "All that glitters is not gold; the early bird catches the worm. "
@@ -43,7 +42,7 @@ TINY = dict(embed_dim=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64, ma
 
 
 def experiment(name: str):
-    return load_sibling_experiment(EXPERIMENTS, name).get_config("smoke")
+    return experiment_config(name, "smoke")
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +264,7 @@ def continued_gpt2(imported_gpt2, tmp_path_factory, shared_data_dir):
     """A copy of the imported GPT-2 workdir, pretrained 2 more steps on Shakespeare (smoke)."""
     workdir = str(tmp_path_factory.mktemp("continued") / "run")
     shutil.copytree(imported_gpt2[1], workdir)  # also checks that a workdir can be moved
-    module = load_sibling_experiment(os.path.join(workdir, "experiment.py"), "experiment.py")
+    module = load_experiment(os.path.join(workdir, "experiment.py"))
     config = module.get_config()
     config.data.data_dir = shared_data_dir
     config.train.update(num_steps=2, log_every=1, eval_every=2, eval_batches=1)

@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from fmjax.config import check_workdir, load_sibling_experiment, validate_config
+from fmjax.config import check_workdir, validate_config
 from fmjax.errors import ConfigError
+from fmjax.experiments import experiment_config
 from fmjax.models import build_model
 from fmjax.models.transformer import stack_layer_params, unstack_layer_params
 from fmjax.parallel.mesh import make_mesh
@@ -21,13 +22,12 @@ from fmjax.tasks import build_task
 from fmjax.train.generate import generate_ids
 from fmjax.train.step import build_program
 
-EXPERIMENTS = __file__.replace("tests/test_memory.py", "experiments/x.py")
 STACKS = {"bert": "encoder", "gpt": "decoder", "vit": "encoder"}
 
 
 def smoke_config(name: str, **model_fields):
     """The experiment's smoke preset at test size: 16-token rows, 4 heads, float32."""
-    config = load_sibling_experiment(EXPERIMENTS, name).get_config("smoke")
+    config = experiment_config(name, "smoke")
     config.model.update(compute_dtype="float32", num_heads=4, head_dim=16, **model_fields)
     if "seq_len" in config.data:
         config.data.seq_len = 16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fmjax.config import load_sibling_experiment
+from fmjax.experiments import experiment_config
 from fmjax.models import build_model
 from fmjax.models.attention import (
     MultiHeadAttention,
@@ -16,8 +16,6 @@ from fmjax.models.attention import (
     segment_mask,
 )
 from fmjax.parallel.sharding import constrain
-
-EXPERIMENTS = __file__.replace("tests/test_models.py", "experiments/x.py")
 
 
 def naive_attention(q, k, v, mask):
@@ -95,7 +93,7 @@ def test_multi_head_attention_module_matches_naive_projections():
 
 @pytest.fixture(scope="module")
 def tiny_bert():
-    config = load_sibling_experiment(EXPERIMENTS, "bert_tiny.py").get_config("smoke")
+    config = experiment_config("bert_tiny", "smoke")
     config.model.update(compute_dtype="float32", vocab_size=300)
     with nnx.use_eager_sharding(False):
         return build_model(config.model, nnx.Rngs(0)), config.model
@@ -153,7 +151,7 @@ def test_every_parameter_has_logical_axes(tiny_bert):
 
 
 def test_bert_base_has_the_reference_parameter_count():
-    config = load_sibling_experiment(EXPERIMENTS, "bert_base.py").get_config()
+    config = experiment_config("bert_base")
     config.model.compute_dtype = "float32"
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(0)))

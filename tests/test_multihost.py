@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from jax.experimental import mesh_utils
 
-from fmjax.config import load_sibling_experiment
 from fmjax.data.pipeline import make_loader
 from fmjax.errors import ConfigError
+from fmjax.experiments import experiment_config
 from fmjax.parallel.distributed import plan_distributed
 from fmjax.parallel.mesh import (
     check_batch_rows_per_process,
@@ -84,9 +84,7 @@ def runs(shared_data_dir, tmp_path_factory):
         text=True,
     )
     try:
-        config = load_sibling_experiment(f"{REPO}/experiments/x.py", "bert_tiny.py").get_config(
-            "smoke"
-        )
+        config = experiment_config("bert_tiny", "smoke")
         config.data.data_dir = shared_data_dir
         config.train.update(RUN)
         config.checkpoint.every_steps = 100

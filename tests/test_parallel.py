@@ -13,17 +13,15 @@ from sharding_checks import (
     build_on_mesh,
 )
 
-from fmjax.config import load_sibling_experiment
+from fmjax.experiments import experiment_config
 from fmjax.parallel.mesh import make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
-EXPERIMENTS = __file__.replace("tests/test_parallel.py", "experiments/")
-
 
 def experiment(name: str, preset: str | None = None):
-    return load_sibling_experiment(EXPERIMENTS + "x.py", name).get_config(preset)
+    return experiment_config(name, preset)
 
 
 def random_mlm_batch(task, batch_size: int, vocab_size: int, seed: int = 0) -> dict:

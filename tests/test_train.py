@@ -9,16 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from fmjax.config import load_sibling_experiment
+from fmjax.experiments import experiment_config
 from fmjax.train import trainer
 from fmjax.train.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
 
 
 def smoke_config(data_dir: str, **train):
-    config = load_sibling_experiment(EXPERIMENTS, "bert_tiny.py").get_config("smoke")
+    config = experiment_config("bert_tiny", "smoke")
     config.data.data_dir = data_dir
     config.train.update(train)
     return config
@@ -114,7 +113,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 def bert_base_compile_reports(tmp_path_factory):
     reports = {}
     for fsdp in (1, 8):
-        config = load_sibling_experiment(EXPERIMENTS, "bert_base.py").get_config()
+        config = experiment_config("bert_base")
         config.mesh.update(data=8 // fsdp, fsdp=fsdp, tensor=1)
         workdir = tmp_path_factory.mktemp(f"compile{fsdp}")
         reports[fsdp] = (trainer.compile_report(config, str(workdir)), workdir)

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from fmjax.config import load_sibling_experiment
 from fmjax.data.corpora.fashion_mnist import SPLIT_FILES, read_idx, write_idx
 from fmjax.data.images import (
     EvalBatches,
@@ -20,16 +19,16 @@ from fmjax.data.images import (
 )
 from fmjax.data.pipeline import example_rng
 from fmjax.errors import ConfigError
+from fmjax.experiments import experiment_config
 from fmjax.models.vit import patchify, unpatchify
 from fmjax.tasks import build_task
 from fmjax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
 
 
 def experiment(name: str, preset: str | None = None):
-    return load_sibling_experiment(EXPERIMENTS, name).get_config(preset)
+    return experiment_config(name, preset)
 
 
 def write_fixture(folder, sizes=(("train", 40), ("test", 13)), seed=0) -> dict:

@@ -30,17 +30,15 @@ import ml_collections
 import numpy as np
 import tokenizers
 
-from fmjax.config import load_sibling_experiment, resolve_auto_fields, write_snapshot
+from fmjax.config import resolve_auto_fields, write_snapshot
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.errors import ConfigError
+from fmjax.experiments import EXPERIMENTS_DIR, load_experiment
 from fmjax.tools.hf_weights import from_hf, normalize_names, weights_of
 from fmjax.tools.workdir import abstract_params, inference_config, run_cli, stacked_layers
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
-REPO_EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "experiments"
-)
 DEFAULT_EXPERIMENTS = {"bert": "bert_tiny.py", "gpt": "gpt_tiny.py"}
 # transformers activation names -> fmjax model.mlp_activation
 FMJAX_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -217,11 +215,11 @@ def fmjax_config(
     multiple = max(int(pad_vocab_multiple), 1)
     fields["vocab_size"] = math.ceil(fields["vocab_size"] / multiple) * multiple
     if experiment is None:
-        experiment = os.path.join(REPO_EXPERIMENTS, DEFAULT_EXPERIMENTS[fields["family"]])
+        experiment = os.path.join(EXPERIMENTS_DIR, DEFAULT_EXPERIMENTS[fields["family"]])
     path, _, preset = experiment.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"experiment file {path} not found; pass --config experiments/X.py")
-    config = load_sibling_experiment(path, os.path.basename(path)).get_config(preset or None)
+    config = load_experiment(path).get_config(preset or None)
     if config.model.get("family") != fields["family"]:
         raise ConfigError(
             f"{path} is a {config.model.get('family')!r} experiment but the HF model is "
