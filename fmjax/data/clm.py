@@ -36,7 +36,11 @@ def tokenizer_path(config: Any) -> str:
 
 
 def load_tokenizer(config: Any) -> tokenizers.Tokenizer:
-    """The trained tokenizer of a run (ConfigError if the data was never prepared)."""
+    """The tokenizer of a run: the model's own (data.tokenizer_file or train.init_from's), else
+    the one trained on the corpus (ConfigError if the data was never prepared)."""
+    given = tokenizer_lib.pretrained_tokenizer_path(config)
+    if given:
+        return tokenizer_lib.load_tokenizer_file(given)
     path = tokenizer_path(config)
     if not os.path.exists(path):
         raise ConfigError(
@@ -51,7 +55,7 @@ def encode_documents(tok: tokenizers.Tokenizer, documents: list[list[str]], desc
     The leading end-of-text token lets a prompt-less model start a document; the trailing one
     lets it end one.
     """
-    eot = tokenizer_lib.END_OF_TEXT_ID
+    eot = tokenizer_lib.end_of_text_id(tok)
     out: list[np.ndarray] = []
     with tqdm.tqdm(total=len(documents), desc=desc, unit="doc", mininterval=1.0) as bar:
         for start in range(0, len(documents), ENCODE_CHUNK):
@@ -67,7 +71,7 @@ def _pack_split(config: Any):
 
     def pack(tok: tokenizers.Tokenizer, documents: list[list[str]], desc: str) -> np.ndarray:
         ids = encode_documents(tok, documents, desc=f"tokenizing {desc}")
-        tokens, segments = pack_documents(ids, seq_len, pad_id=tokenizer_lib.END_OF_TEXT_ID)
+        tokens, segments = pack_documents(ids, seq_len, pad_id=tokenizer_lib.end_of_text_id(tok))
         return np.stack([tokens, segments], axis=1)  # [N, 2, L]
 
     return pack
@@ -85,6 +89,9 @@ def build_clm_data(config: Any) -> ClmData:
         pack_split=_pack_split(config),
         example_shape=(2, seq_len),
     )
+    path = prepared.provenance["tokenizer"]["path"]
+    eot = tokenizer_lib.end_of_text_id(prepared.tokenizer, path)
+    tokenizer_lib.check_ids_fit((eot,), vocab, path)
     batch_size = int(config.train.batch_size)
     train = make_loader(
         prepared.arrays["train"], _example, global_batch_size=batch_size, seed=int(config.seed)

@@ -52,10 +52,9 @@ def _pack_split(config: Any):
     seq_len = int(config.data.seq_len)
 
     def pack(tok: tokenizers.Tokenizer, documents: list[list[str]], desc: str) -> np.ndarray:
+        special = tokenizer_lib.wordpiece_special_ids(tok)
         ids = encode_documents(tok, documents, desc)
-        return pack_sentences(
-            ids, seq_len, tokenizer_lib.CLS_ID, tokenizer_lib.SEP_ID, tokenizer_lib.PAD_ID
-        )
+        return pack_sentences(ids, seq_len, special.cls, special.sep, special.pad)
 
     return pack
 
@@ -72,8 +71,13 @@ def build_mlm_data(config: Any) -> MlmData:
         pack_split=_pack_split(config),
         example_shape=(seq_len,),
     )
+    special = tokenizer_lib.wordpiece_special_ids(
+        prepared.tokenizer, prepared.provenance["tokenizer"]["path"]
+    )
+    tokenizer_lib.check_ids_fit(special.all(), vocab, prepared.provenance["tokenizer"]["path"])
     transform = functools.partial(
         _mask_transform,
+        special=special,
         mask_prob=float(config.task.mask_prob),
         max_predictions=int(config.task.max_predictions),
         vocab_size=prepared.vocab_size,
@@ -102,6 +106,7 @@ def _mask_transform(
     example: np.ndarray,
     rng: np.random.Generator,
     *,
+    special: tokenizer_lib.WordpieceIds,
     mask_prob: float,
     max_predictions: int,
     vocab_size: int,
@@ -111,14 +116,8 @@ def _mask_transform(
         rng,
         mask_prob=mask_prob,
         max_predictions=max_predictions,
-        mask_id=tokenizer_lib.MASK_ID,
+        mask_id=special.mask,
         vocab_size=vocab_size,
-        special_ids=(
-            tokenizer_lib.PAD_ID,
-            tokenizer_lib.UNK_ID,
-            tokenizer_lib.CLS_ID,
-            tokenizer_lib.SEP_ID,
-            tokenizer_lib.MASK_ID,
-        ),
-        pad_id=tokenizer_lib.PAD_ID,
+        special_ids=special.all(),
+        pad_id=special.pad,
     )

@@ -48,13 +48,19 @@ class PairData:
     provenance: dict
 
 
-def encode_texts(tok: tokenizers.Tokenizer, texts: Sequence[str], seq_len: int) -> np.ndarray:
-    """int32 [N, seq_len]: [CLS] text [SEP], cut to seq_len (ending with [SEP]), [PAD]-padded."""
-    ids = np.full((len(texts), seq_len), tokenizer_lib.PAD_ID, np.int32)
+def encode_texts(
+    tok: tokenizers.Tokenizer,
+    texts: Sequence[str],
+    seq_len: int,
+    special: tokenizer_lib.WordpieceIds = tokenizer_lib.FMJAX_WORDPIECE_IDS,
+) -> np.ndarray:
+    """int32 [N, seq_len]: [CLS] text [SEP], cut to seq_len (ending with [SEP]), [PAD]-padded
+    (`special`: the tokenizer's ids, see tokenizer_lib.wordpiece_special_ids)."""
+    ids = np.full((len(texts), seq_len), special.pad, np.int32)
     for row, encoding in enumerate(tok.encode_batch(list(texts))):
         tokens = encoding.ids
         if len(tokens) > seq_len:
-            tokens = tokens[: seq_len - 1] + [tokenizer_lib.SEP_ID]
+            tokens = tokens[: seq_len - 1] + [special.sep]
         ids[row, : len(tokens)] = tokens
     return ids
 
@@ -148,8 +154,14 @@ def build_pair_data(config: Any) -> PairData:
             f"tokenizer {path} has {tok.get_vocab_size()} tokens > model.text.vocab_size="
             f"{vocab_size}; raise model.text.vocab_size or delete the tokenizer file"
         )
+    special = tokenizer_lib.wordpiece_special_ids(tok, path)
+    if special.pad != int(config.model.text.get("pad_id", 0)):
+        raise ConfigError(
+            f"tokenizer {path} has [PAD]={special.pad}; set --config.model.text.pad_id="
+            f"{special.pad} so the text tower masks padding"
+        )
     pairs = {
-        split: TokenizedPairs(source, encode_texts(tok, captions[split], seq_len))
+        split: TokenizedPairs(source, encode_texts(tok, captions[split], seq_len, special))
         for split, source in sources.items()
     }
     class_names = CLASS_NAMES[:OTHER_LABEL]

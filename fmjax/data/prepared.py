@@ -12,6 +12,7 @@ import numpy as np
 import tokenizers
 
 from fmjax.data.corpora import corpus_provenance, load_corpus, sha256_file
+from fmjax.data.tokenizer import load_tokenizer_file, pretrained_tokenizer_path
 from fmjax.errors import ConfigError
 
 SPLITS = ("train", "validation")
@@ -62,13 +63,10 @@ def prepare_tokenized_corpus(
     target_vocab = int(config.model.vocab_size)
     directory = corpus_dir(config)
     tokenizer_path = os.path.join(directory, tokenizer_file)
-    given_tokenizer = str(config.data.get("tokenizer_file", "") or "")
-    if given_tokenizer:  # the model's own tokenizer (e.g. fmjax.tools.import_hf): never trained
-        if not os.path.isfile(given_tokenizer):
-            raise ConfigError(
-                f"data.tokenizer_file {given_tokenizer} does not exist; point it at the "
-                "tokenizer.json the model was trained with (or set it to '' to train one)"
-            )
+    # The model's own tokenizer (data.tokenizer_file, or that of train.init_from's run, e.g. one
+    # fmjax.tools.import_hf wrote): used as it is, whatever its special ids; never retrained.
+    given_tokenizer = pretrained_tokenizer_path(config)
+    if given_tokenizer:
         tokenizer_path = given_tokenizer
         cache_prefix = f"{cache_prefix}-tokenizer{sha256_file(given_tokenizer)[:12]}"
     cache = {split: os.path.join(directory, f"{cache_prefix}-{split}.npy") for split in SPLITS}
@@ -80,7 +78,10 @@ def prepare_tokenized_corpus(
         corpus = load_corpus(config.data)
         provenance = corpus.provenance
     sentences = (s for doc in (corpus.train if corpus else []) for s in doc)
-    tokenizer = train_tokenizer(sentences, target_vocab, tokenizer_path)
+    if given_tokenizer:
+        tokenizer = load_tokenizer_file(given_tokenizer)
+    else:
+        tokenizer = train_tokenizer(sentences, target_vocab, tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()
     if vocab_size > target_vocab:
         raise ConfigError(

@@ -1,7 +1,11 @@
-"""Labeled text for classification: a TFDS builder's splits -> WordPiece ids -> batches.
+"""Labeled text for classification: a TFDS builder's splits or your files -> WordPiece ids ->
+batches.
 
 Datasets (config.data.dataset): "rotten_tomatoes" (2 classes) and "wordnet_supersenses"
-(45 classes), see fmjax/data/corpora/. Texts become `[CLS] text [SEP]` cut to data.seq_len.
+(45 classes), see fmjax/data/corpora/, or "files:/path/train.csv" (CSV, TSV or JSONL: see
+fmjax/data/labeled_files.py). Texts become `[CLS] text [SEP]` (pairs `[CLS] a [SEP] b [SEP]`,
+token type 1 on b) cut to data.seq_len. model.num_classes=0 takes the number of classes from
+the data.
 
 The tokenizer must be the one the encoder was pretrained with. It is, in order:
 data.tokenizer_file (a tokenizer.json); the tokenizer of the workdir data.tokenizer_from; that of
@@ -21,10 +25,12 @@ import tokenizers
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.data.images import EvalBatches
+from fmjax.data.labeled_files import is_files_dataset, read_labeled_splits
 from fmjax.data.pipeline import Loader, make_loader
+from fmjax.data.prepared import corpus_dir_name
 from fmjax.errors import ConfigError
 
-KNOWN_DATASETS = ("rotten_tomatoes", "wordnet_supersenses")
+KNOWN_DATASETS = ("rotten_tomatoes", "wordnet_supersenses", "files:/path/train.csv")
 
 
 @dataclasses.dataclass
@@ -53,24 +59,38 @@ class TextClassificationData:
 
 
 class EncodedTexts(Sequence):
-    """Token ids [N, L] and labels [N] as a sequence of {"input_ids", "label"} examples."""
+    """Token ids [N, L], attention mask [N, L], token types [N, L] and labels [N] as a sequence
+    of {"input_ids", "attention_mask", "token_type_ids", "label"} examples."""
 
-    def __init__(self, input_ids: np.ndarray, labels: np.ndarray):
+    def __init__(
+        self,
+        input_ids: np.ndarray,
+        labels: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray,
+    ):
         self.input_ids, self.labels = input_ids, labels
+        self.attention_mask, self.token_type_ids = attention_mask, token_type_ids
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        return {"input_ids": self.input_ids[index], "label": self.labels[index]}
+        return {
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "token_type_ids": self.token_type_ids[index],
+            "label": self.labels[index],
+        }
 
 
 def classification_example(example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One example -> {"input_ids", "attention_mask" (1 on real tokens), "labels", "weights"}."""
-    input_ids = np.asarray(example["input_ids"], np.int32)
+    """One example -> {"input_ids", "attention_mask" (1 on real tokens), "token_type_ids",
+    "labels", "weights"}."""
     return {
-        "input_ids": input_ids,
-        "attention_mask": (input_ids != tokenizer_lib.PAD_ID).astype(np.int32),
+        "input_ids": np.asarray(example["input_ids"], np.int32),
+        "attention_mask": np.asarray(example["attention_mask"], np.int32),
+        "token_type_ids": np.asarray(example["token_type_ids"], np.int32),
         "labels": np.int32(example["label"]),
         "weights": np.float32(1.0),
     }
@@ -105,51 +125,41 @@ def _texts_and_labels(source: Any) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray([int(e["label"]) for e in examples], np.int32)
 
 
-def encode(tok: tokenizers.Tokenizer, texts: list[str], seq_len: int) -> tuple[np.ndarray, int]:
-    """(int32 [N, seq_len] ids of `[CLS] text [SEP]`, cut to seq_len ending with [SEP] and
-    [PAD]-padded; the number of texts that were cut)."""
-    ids = np.full((len(texts), seq_len), tokenizer_lib.PAD_ID, np.int32)
+def encode(
+    tok: tokenizers.Tokenizer,
+    texts: list[str],
+    seq_len: int,
+    pairs: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(int32 [N, seq_len] ids of `[CLS] text [SEP]` (or `[CLS] text [SEP] pair [SEP]`), cut to
+    seq_len ending with [SEP] and [PAD]-padded; the attention mask (1 on real tokens); the token
+    types (1 on the pair's second text); the number of texts that were cut)."""
+    special = tokenizer_lib.wordpiece_special_ids(tok)
+    ids = np.full((len(texts), seq_len), special.pad, np.int32)
+    mask = np.zeros((len(texts), seq_len), np.int32)
+    types = np.zeros((len(texts), seq_len), np.int32)
     num_cut = 0
-    for row, encoding in enumerate(tok.encode_batch(texts)):
-        tokens = encoding.ids
+    inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
+    for row, encoding in enumerate(tok.encode_batch(inputs)):
+        tokens, type_ids = encoding.ids, encoding.type_ids
         if len(tokens) > seq_len:
-            tokens, num_cut = tokens[: seq_len - 1] + [tokenizer_lib.SEP_ID], num_cut + 1
-        ids[row, : len(tokens)] = tokens
-    return ids, num_cut
-
-
-def pretrained_tokenizer_path(config: Any) -> str:
-    """The tokenizer file named by data.tokenizer_file / data.tokenizer_from / train.init_from,
-    or '' when none is set (then one is trained)."""
-    given = os.path.expanduser(str(config.data.get("tokenizer_file", "") or ""))
-    if given:
-        if not os.path.isfile(given):
-            raise ConfigError(
-                f"data.tokenizer_file {given} does not exist; point it at the tokenizer.json the "
-                "encoder was pretrained with (or set it to '')"
-            )
-        return given
-    source = str(config.data.get("tokenizer_from", "") or "") or str(
-        config.train.get("init_from", "") or ""
-    )
-    if not source:
-        return ""
-    from fmjax.tools.workdir import tokenizer_of
-    from fmjax.train.init_from import resolve_checkpoint
-
-    workdir, _, step = resolve_checkpoint(source)
-    return tokenizer_of(workdir, step)[1]
+            tokens, num_cut = tokens[: seq_len - 1] + [special.sep], num_cut + 1
+            type_ids = type_ids[: seq_len - 1] + type_ids[-1:]
+        ids[row, : len(tokens)], types[row, : len(tokens)] = tokens, type_ids
+        mask[row, : len(tokens)] = 1
+    return ids, mask, types, num_cut
 
 
 def load_tokenizer(config: Any, train_texts: list[str]) -> tuple[tokenizers.Tokenizer, str]:
     """(tokenizer, path): the pretrained run's, or a WordPiece trained on the train texts."""
-    path = pretrained_tokenizer_path(config)
+    path = tokenizer_lib.pretrained_tokenizer_path(config)
     vocab_size = int(config.model.vocab_size)
     if path:
-        tok = tokenizers.Tokenizer.from_file(path)
+        tok = tokenizer_lib.load_tokenizer_file(path)
     else:
         data_dir = os.path.expanduser(str(config.data.data_dir))
-        path = os.path.join(data_dir, str(config.data.dataset), f"wordpiece-{vocab_size}.json")
+        folder = corpus_dir_name(str(config.data.dataset))  # files:/a/b.csv -> files_a_b.csv
+        path = os.path.join(data_dir, folder, f"wordpiece-{vocab_size}.json")
         tok = tokenizer_lib.train_or_load_wordpiece(train_texts, vocab_size, path)
     if tok.get_vocab_size() > vocab_size:
         raise ConfigError(
@@ -159,24 +169,51 @@ def load_tokenizer(config: Any, train_texts: list[str]) -> tuple[tokenizers.Toke
     return tok, path
 
 
+def resolve_num_classes(config: Any) -> None:
+    """Sets model.num_classes=0 ("from the data") to the dataset's number of classes."""
+    if int(config.model.get("num_classes", 0)) <= 0:
+        config.model.num_classes = len(labeled_data(config)[1])
+
+
+def labeled_data(config: Any) -> tuple[dict, tuple[str, ...], dict]:
+    """({split: (texts, pair texts or None, labels)} for train and test, class names,
+    provenance) of data.dataset."""
+    if is_files_dataset(str(config.data.get("dataset", ""))):
+        files = read_labeled_splits(config)
+        return {"train": files.train, "test": files.test}, files.class_names, files.provenance
+    builder, class_names = dataset_builder(config)
+    splits = {}
+    for split in ("train", "test"):
+        texts, labels = _texts_and_labels(builder.as_data_source(split=split))
+        splits[split] = (texts, None, labels)
+    provenance = {
+        "dataset": str(config.data.dataset),
+        **dict(builder.info.metadata),
+        "tfds_name": builder.name,
+        "tfds_version": str(builder.version),
+        "class_names": list(class_names),
+    }
+    return splits, class_names, provenance
+
+
 def build_text_classification_data(config: Any) -> TextClassificationData:
     """The shuffled train loader, the whole test split for eval, and provenance."""
-    builder, class_names = dataset_builder(config)
+    splits, class_names, provenance = labeled_data(config)
     num_classes = int(config.model.num_classes)
     if num_classes != len(class_names):
         raise ConfigError(
             f"model.num_classes={num_classes}, but data.dataset={config.data.dataset} has "
-            f"{len(class_names)} classes; set --config.model.num_classes={len(class_names)}"
+            f"{len(class_names)} classes; set --config.model.num_classes={len(class_names)} "
+            "(or 0: from the data)"
         )
     seq_len = int(config.data.seq_len)
-    splits = {
-        split: _texts_and_labels(builder.as_data_source(split=split)) for split in ("train", "test")
-    }
     tok, path = load_tokenizer(config, splits["train"][0])
+    special = tokenizer_lib.wordpiece_special_ids(tok, path)
+    tokenizer_lib.check_ids_fit(special.all(), int(config.model.vocab_size), path)
     encoded, num_cut = {}, {}
-    for split, (texts, labels) in splits.items():
-        ids, num_cut[split] = encode(tok, texts, seq_len)
-        encoded[split] = EncodedTexts(ids, labels)
+    for split, (texts, pairs, labels) in splits.items():
+        ids, mask, types, num_cut[split] = encode(tok, texts, seq_len, pairs)
+        encoded[split] = EncodedTexts(ids, np.asarray(labels, np.int32), mask, types)
     batch_size, seed = int(config.train.batch_size), int(config.seed)
     train = make_loader(
         encoded["train"], classification_example, global_batch_size=batch_size, seed=seed
@@ -185,16 +222,14 @@ def build_text_classification_data(config: Any) -> TextClassificationData:
         EvalBatches(encoded["test"], classification_example, batch_size, seed), class_names
     )
     provenance = {
-        "dataset": str(config.data.dataset),
-        **dict(builder.info.metadata),
-        "tfds_name": builder.name,
-        "tfds_version": str(builder.version),
+        **provenance,
         "num_truncated_texts": num_cut,  # per split: longer than data.seq_len tokens
         "tokenizer": {
             "path": path,
             "sha256": sha256_file(path),
             "kind": "wordpiece",
             "vocab_size": tok.get_vocab_size(),
+            "special_ids": dataclasses.asdict(special),
         },
     }
     return TextClassificationData(

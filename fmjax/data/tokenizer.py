@@ -1,7 +1,15 @@
-"""Train once / load WordPiece (BERT) and byte-level BPE (GPT) tokenizers with HF `tokenizers`."""
+"""Train once / load WordPiece (BERT) and byte-level BPE (GPT) tokenizers with HF `tokenizers`,
+and look up their special-token ids.
+
+Tokenizers fmjax trains put [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4 (<|endoftext|> at 0);
+published ones do not (bert-base-uncased: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103;
+GPT-2: <|endoftext|>=50256). The data pipeline, generation and export therefore take every
+special id from the tokenizer itself (`wordpiece_special_ids`, `end_of_text_id`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 
@@ -12,11 +20,98 @@ from fmjax.errors import ConfigError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 WORDPIECE_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
-# Fixed ids: the trainer's special tokens come first in the vocabulary, in this order.
+# The ids of the tokenizers fmjax trains: its special tokens come first, in this order.
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 WORDPIECE_IDS = {token: i for i, token in enumerate(WORDPIECE_SPECIAL_TOKENS)}
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class WordpieceIds:
+    """The ids of [PAD] [UNK] [CLS] [SEP] [MASK] in one WordPiece tokenizer."""
+
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+
+    def all(self) -> tuple[int, ...]:
+        """Every special id (never masked, never a random replacement)."""
+        return (self.pad, self.unk, self.cls, self.sep, self.mask)
+
+
+FMJAX_WORDPIECE_IDS = WordpieceIds(PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID)
+
+
+def wordpiece_special_ids(tok: tokenizers.Tokenizer, source: str = "") -> WordpieceIds:
+    """The special-token ids of a BERT tokenizer; ConfigError if one of the five is missing."""
+    ids = {token: tok.token_to_id(token) for token in WORDPIECE_SPECIAL_TOKENS}
+    missing = [token for token, token_id in ids.items() if token_id is None]
+    if missing:
+        raise ConfigError(
+            f"tokenizer {source or '(given)'} has no {' '.join(missing)} token; a BERT tokenizer "
+            f"needs all of {' '.join(WORDPIECE_SPECIAL_TOKENS)}"
+        )
+    return WordpieceIds(*(ids[token] for token in WORDPIECE_SPECIAL_TOKENS))
+
+
+def end_of_text_id(tok: tokenizers.Tokenizer, source: str = "") -> int:
+    """The id of <|endoftext|> in a GPT tokenizer; ConfigError if it has none."""
+    token_id = tok.token_to_id(END_OF_TEXT)
+    if token_id is None:
+        raise ConfigError(
+            f"tokenizer {source or '(given)'} has no {END_OF_TEXT} token; a GPT tokenizer needs "
+            "it to separate and end documents"
+        )
+    return token_id
+
+
+def check_ids_fit(ids: tuple[int, ...], vocab_size: int, source: str) -> None:
+    """ConfigError if a special id is outside the model's vocabulary (checked once per run)."""
+    if max(ids) >= vocab_size:
+        raise ConfigError(
+            f"tokenizer {source} has special id {max(ids)} >= model.vocab_size={vocab_size}; use "
+            "the vocab_size of the model the tokenizer belongs to"
+        )
+
+
+def load_tokenizer_file(path: str, field: str = "data.tokenizer_file") -> tokenizers.Tokenizer:
+    """A tokenizer.json a user names (any special ids); ConfigError naming `field` if unreadable."""
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"{field}={path} does not exist; point it at the tokenizer.json the model was "
+            "trained with (or set it to '')"
+        )
+    try:
+        return tokenizers.Tokenizer.from_file(path)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's path
+        raise ConfigError(
+            f"{field}={path} is not a tokenizers JSON file ({type(error).__name__}); convert a "
+            "vocab.txt with python -m fmjax.tools.import_hf"
+        ) from None
+
+
+def pretrained_tokenizer_path(config) -> str:
+    """The tokenizer a run must use: data.tokenizer_file, else the tokenizer of the workdir
+    data.tokenizer_from, else that of train.init_from; '' when none is set (then one is
+    trained). A user who names a tokenizer always wins over the pretrained run's."""
+    given = os.path.expanduser(str(config.data.get("tokenizer_file", "") or ""))
+    if given:
+        load_tokenizer_file(given)  # the error names data.tokenizer_file
+        return given
+    for field, source in (
+        ("data.tokenizer_from", config.data.get("tokenizer_from", "")),
+        ("train.init_from", config.train.get("init_from", "")),
+    ):
+        if source:
+            from fmjax.tools.workdir import tokenizer_of
+            from fmjax.train.init_from import resolve_checkpoint
+
+            workdir, _, step = resolve_checkpoint(str(source), field=field)
+            return tokenizer_of(workdir, step)[1]
+    return ""
 
 
 def train_or_load_wordpiece(

@@ -49,11 +49,14 @@ class BertClassifier(BertEncoder):
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
+        token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """Class logits float32 [B, C] from token embeddings [B, L, d]."""
-        one_segment = jnp.zeros(token_embeddings.shape[:2], jnp.int32)
+        """Class logits float32 [B, C] from token embeddings [B, L, d] (token types 0 unless
+        given: 1 marks the second text of a sentence pair)."""
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros(token_embeddings.shape[:2], jnp.int32)
         hidden = self.encode_embeddings(
-            token_embeddings, one_segment, attention_mask, deterministic=deterministic, rngs=rngs
+            token_embeddings, token_type_ids, attention_mask, deterministic=deterministic, rngs=rngs
         )
         pooled = hidden[:, 0]  # the [CLS] token
         if self.pooler is not None:
@@ -69,8 +72,13 @@ class BertClassifier(BertEncoder):
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
+        token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Class logits float32 [B, num_classes] of int32 token ids [B, L] ([CLS] first)."""
         return self.classify(
-            self.embed_tokens(input_ids), attention_mask, deterministic=deterministic, rngs=rngs
+            self.embed_tokens(input_ids),
+            attention_mask,
+            deterministic=deterministic,
+            rngs=rngs,
+            token_type_ids=token_type_ids,
         )

@@ -11,8 +11,8 @@ log(1/0.07), SigLIP log(10)), logit_bias_init (SigLIP -10; CLIP ignores the bias
 both towers share: dropout_rate, attention_dropout_rate, layer_norm_epsilon, norm_position
 ("pre"), compute_dtype, attention_backend. `model.image`: image_size, patch_size, num_channels,
 pooling ("cls" | "gap"), embed_dim, num_layers, num_heads, head_dim, mlp_dim. `model.text`:
-vocab_size, max_seq_len, pooling ("cls" | "mean"), embed_dim, num_layers, num_heads, head_dim,
-mlp_dim.
+vocab_size, max_seq_len, pooling ("cls" | "mean"), pad_id (the tokenizer's [PAD], default 0),
+embed_dim, num_layers, num_heads, head_dim, mlp_dim.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from fmjax.data.tokenizer import PAD_ID
 from fmjax.errors import ConfigError
 from fmjax.models.attention import padding_mask
 from fmjax.models.embeddings import Embedding
@@ -86,6 +85,9 @@ class TextTower(nnx.Module):
             )
         dtype, d = compute_dtype(config), config.embed_dim
         self.pooling = config.pooling
+        # The tokenizer's [PAD] id (fmjax trains its tokenizers with [PAD]=0; data/pairs.py
+        # checks that the two agree).
+        self.pad_id = int(config.get("pad_id", 0))
         self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
         self.position_embed = Embedding(config.max_seq_len, d, "position", dtype=dtype, rngs=rngs)
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
@@ -94,7 +96,7 @@ class TextTower(nnx.Module):
     def __call__(
         self, input_ids: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None
     ) -> jax.Array:
-        real = input_ids != PAD_ID
+        real = input_ids != self.pad_id
         positions = jnp.arange(input_ids.shape[1])[None, :]
         x = self.token_embed(input_ids) + self.position_embed(positions)
         x = constrain(x.astype(jnp.float32), HIDDEN_AXES)

@@ -76,6 +76,9 @@ class TextClassification:
     name = "text_classification"
 
     def __init__(self, config: ml_collections.ConfigDict):
+        from fmjax.data.text_classification import resolve_num_classes
+
+        resolve_num_classes(config)  # model.num_classes=0: the number of classes in the data
         self.config = config
         self.seq_len = int(config.data.seq_len)
         self.num_classes = int(config.model.num_classes)
@@ -94,6 +97,7 @@ class TextClassification:
         return {
             "input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
             "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.int32),
+            "token_type_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
             "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
             "weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32),
         }
@@ -110,7 +114,11 @@ class TextClassification:
     ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
         """Mean cross-entropy over weighted texts, and (sum, count) loss and accuracy."""
         logits = model(
-            batch["input_ids"], batch["attention_mask"], deterministic=deterministic, rngs=rngs
+            batch["input_ids"],
+            batch["attention_mask"],
+            deterministic=deterministic,
+            rngs=rngs,
+            token_type_ids=batch["token_type_ids"],
         )
         labels, weights = batch["labels"], batch["weights"]
         loss_sum = jnp.sum(self.example_losses(logits, labels) * weights)
@@ -130,7 +138,12 @@ class TextClassification:
 
             def logits_fn(params, batch):
                 model = nnx.merge(program.graphdef, params)
-                return model(batch["input_ids"], batch["attention_mask"], deterministic=True)
+                return model(
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    deterministic=True,
+                    token_type_ids=batch["token_type_ids"],
+                )
 
             self._logits_fns[key] = jax.jit(
                 logits_fn,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 
 import ml_collections
 import tokenizers
@@ -36,8 +37,15 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 def check_exportable(model: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first model field `transformers` cannot express."""
     family = model.get("family")
-    if family not in ("bert", "gpt"):
-        raise ConfigError(f"model.family={family!r}: export_hf supports 'bert' and 'gpt'")
+    if family not in ("bert", "bert_classifier", "gpt"):
+        raise ConfigError(
+            f"model.family={family!r}: export_hf supports 'bert', 'bert_classifier' and 'gpt'"
+        )
+    if family == "bert_classifier" and not model.get("pooler", False):
+        raise ConfigError(
+            "model.pooler=False: BertForSequenceClassification always applies BERT's tanh "
+            "pooler to [CLS]; fine-tune with --config.model.pooler=True to export"
+        )
     if model.num_heads * model.head_dim != model.embed_dim:
         raise ConfigError(
             f"model.head_dim={model.head_dim}: transformers needs num_heads * head_dim == "
@@ -46,7 +54,7 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
     if not model.get("use_bias", True):
         raise ConfigError("model.use_bias=False: BERT and GPT-2 attention layers have biases")
     activation = model.get("mlp_activation", "gelu")
-    if family == "bert":
+    if family in ("bert", "bert_classifier"):
         if model.norm_position != "post":
             raise ConfigError(f"model.norm_position={model.norm_position!r}: BERT is post-LN")
         if activation != "gelu":
@@ -64,14 +72,35 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"model.mlp_activation={activation!r} has no GPT-2 equivalent")
 
 
-def hf_config(model: ml_collections.ConfigDict, vocab_size: int):
-    """The transformers BertConfig / GPT2Config of an exportable fmjax model config."""
+def hf_config(
+    model: ml_collections.ConfigDict,
+    vocab_size: int,
+    tokenizer: tokenizers.Tokenizer | None = None,
+    class_names: list[str] | None = None,
+):
+    """The transformers BertConfig / GPT2Config of an exportable fmjax model config; the special
+    ids are those of `tokenizer` (fmjax's own when None); a classifier's labels are named
+    `class_names`."""
     import transformers
 
     check_exportable(model)
-    if model.family == "bert":
+    if model.family in ("bert", "bert_classifier"):
+        ids = tokenizer_lib.wordpiece_special_ids(tokenizer) if tokenizer else None
+        pad_id = ids.pad if ids else tokenizer_lib.PAD_ID
+        classes = {}
+        if model.family == "bert_classifier":
+            names = class_names or [str(i) for i in range(int(model.num_classes))]
+            classes = dict(
+                num_labels=int(model.num_classes),
+                id2label=dict(enumerate(names)),
+                label2id={name: i for i, name in enumerate(names)},
+                classifier_dropout=model.get("classifier_dropout_rate", model.dropout_rate),
+            )
         return transformers.BertConfig(
-            architectures=["BertForMaskedLM"],
+            architectures=[
+                "BertForMaskedLM" if model.family == "bert" else "BertForSequenceClassification"
+            ],
+            **classes,
             vocab_size=vocab_size,
             hidden_size=model.embed_dim,
             num_hidden_layers=model.num_layers,
@@ -83,9 +112,10 @@ def hf_config(model: ml_collections.ConfigDict, vocab_size: int):
             max_position_embeddings=model.max_seq_len,
             type_vocab_size=model.type_vocab_size,
             layer_norm_eps=model.layer_norm_epsilon,
-            pad_token_id=tokenizer_lib.PAD_ID,
+            pad_token_id=pad_id,
             tie_word_embeddings=True,
         )
+    eot = tokenizer_lib.end_of_text_id(tokenizer) if tokenizer else tokenizer_lib.END_OF_TEXT_ID
     return transformers.GPT2Config(
         architectures=["GPT2LMHeadModel"],
         vocab_size=vocab_size,
@@ -99,8 +129,8 @@ def hf_config(model: ml_collections.ConfigDict, vocab_size: int):
         embd_pdrop=model.dropout_rate,
         attn_pdrop=model.attention_dropout_rate,
         layer_norm_epsilon=model.layer_norm_epsilon,
-        bos_token_id=tokenizer_lib.END_OF_TEXT_ID,
-        eos_token_id=tokenizer_lib.END_OF_TEXT_ID,
+        bos_token_id=eot,
+        eos_token_id=eot,
         tie_word_embeddings=bool(model.tie_embeddings),
     )
 
@@ -109,7 +139,7 @@ def hf_tokenizer(tokenizer: tokenizers.Tokenizer, family: str, max_length: int):
     """The run's HF `tokenizers` tokenizer as a transformers PreTrainedTokenizerFast."""
     import transformers
 
-    if family == "bert":
+    if family in ("bert", "bert_classifier"):
         special = dict(
             unk_token=tokenizer_lib.UNK,
             sep_token=tokenizer_lib.SEP,
@@ -142,9 +172,24 @@ def _portable_tokenizer_class(path: str) -> None:
         json.dump(settings, f, indent=2, sort_keys=True)
 
 
+def copy_original_tokenizer_files(tokenizer_path: str, out: str) -> list[str]:
+    """For a run that descends from fmjax.tools.import_hf: the published model's own tokenizer
+    files (vocab.txt, tokenizer_config.json, ...) kept next to its tokenizer.json, copied over
+    the generated ones so the export ships the original tokenizer. The names copied."""
+    from fmjax.tools.import_hf import ORIGINAL_TOKENIZER_DIR
+
+    source = os.path.join(os.path.dirname(os.path.abspath(tokenizer_path)), ORIGINAL_TOKENIZER_DIR)
+    if not os.path.isdir(source):
+        return []
+    names = sorted(os.listdir(source))
+    for name in names:
+        shutil.copyfile(os.path.join(source, name), os.path.join(out, name))
+    return names
+
+
 def export(workdir: str, out: str) -> str:
     """Writes the latest checkpoint of `workdir` as a transformers model directory `out`."""
-    from fmjax.tools.workdir import read_config
+    from fmjax.tools.workdir import read_config, read_json
 
     try:
         import safetensors.numpy
@@ -164,15 +209,23 @@ def export(workdir: str, out: str) -> str:
         )
     tensors = to_hf(run.params, weights_of(model), vocab_size)
     os.makedirs(out, exist_ok=True)
-    hf_config(model, vocab_size).save_pretrained(out)
+    manifest = read_json(os.path.join(workdir, "manifest.json"))
+    class_names = (manifest.get("data") or {}).get("class_names")
+    hf_config(model, vocab_size, run.tokenizer, class_names).save_pretrained(out)
     safetensors.numpy.save_file(
         tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"}
     )
     hf_tokenizer(run.tokenizer, model.family, int(model.max_seq_len)).save_pretrained(out)
     _portable_tokenizer_class(os.path.join(out, "tokenizer_config.json"))
+    original = copy_original_tokenizer_files(run.tokenizer_path, out)
     with open(os.path.join(out, "fmjax_export.json"), "w") as f:
         json.dump(
-            {"workdir": os.path.abspath(workdir), "step": run.step, "model": model.to_dict()},
+            {
+                "workdir": os.path.abspath(workdir),
+                "step": run.step,
+                "model": model.to_dict(),
+                "original_tokenizer_files": original,
+            },
             f,
             indent=2,
             sort_keys=True,

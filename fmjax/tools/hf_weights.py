@@ -1,4 +1,5 @@
-"""fmjax <-> Hugging Face `transformers` weights for BERT (BertForMaskedLM) and GPT-2.
+"""fmjax <-> Hugging Face `transformers` weights for BERT (BertForMaskedLM, and the classifier
+as BertForSequenceClassification) and GPT-2.
 
 One table per family lists every fmjax parameter with its transformers name and layout; the
 same table converts in both directions, so export and import cannot drift apart.
@@ -85,6 +86,17 @@ def bert_weights(num_layers: int) -> list[Weight]:
     return table
 
 
+def bert_classifier_weights(num_layers: int) -> list[Weight]:
+    """fmjax BertClassifier (pooler=True) <-> BertForSequenceClassification: the encoder of
+    `bert_weights`, BERT's tanh pooler on [CLS] and the linear classifier."""
+    encoder = [w for w in bert_weights(num_layers) if not w.hf_name.startswith("cls.")]
+    return [
+        *encoder,
+        *_dense(("pooler",), "bert.pooler.dense", "linear"),
+        *_dense(("classifier",), "classifier", "linear"),
+    ]
+
+
 def gpt2_weights(num_layers: int, tie_embeddings: bool) -> list[Weight]:
     """fmjax Gpt (learned positions) <-> GPT2LMHeadModel; lm_head only when untied."""
     table = [
@@ -115,6 +127,8 @@ def weights_of(model: ml_collections.ConfigDict) -> list[Weight]:
     """The table of an fmjax model config (bert, or gpt with learned positions)."""
     if model.family == "bert":
         return bert_weights(model.num_layers)
+    if model.family == "bert_classifier":
+        return bert_classifier_weights(model.num_layers)
     if model.family == "gpt":
         return gpt2_weights(model.num_layers, bool(model.tie_embeddings))
     raise ConfigError(f"model.family={model.family!r}: only bert and gpt map to transformers")

@@ -3,8 +3,14 @@
 python -m fmjax.tools.import_hf --hf_dir DIR --workdir runs/imported [--config experiments/X.py]
 python -m fmjax.main --config runs/imported/experiment.py --workdir runs/imported   # go on training
 
-Reads DIR/config.json, DIR/model.safetensors (or the shards of model.safetensors.index.json) and
-DIR/tokenizer.json; never a pickle (pytorch_model.bin, *.pt, *.ckpt): those are refused. The
+Reads a directory as a published model ships it: DIR/config.json, DIR/model.safetensors (or the
+shards of model.safetensors.index.json) and the tokenizer: tokenizer.json, or vocab.txt (BERT)
+or vocab.json + merges.txt (GPT-2), with tokenizer_config.json's do_lower_case / strip_accents /
+tokenize_chinese_chars honored. BERT weights may come from BertForMaskedLM, BertModel,
+BertForPreTraining or BertForSequenceClassification (heads fmjax has no place for are listed as
+not imported; a missing MLM head is freshly initialized). Never a pickle (pytorch_model.bin,
+*.pt, *.ckpt): those are refused with the command that converts them. Special-token ids are
+the tokenizer's own (published BERT: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103). The
 model fields come from the HF config, everything else (task, data, train, mesh) from the
 experiment file (default experiments/bert_tiny.py or gpt_tiny.py). The workdir gets what a
 training run leaves, at step 0:
@@ -13,7 +19,9 @@ training run leaves, at step 0:
                           pretraining packs the corpus with it instead of training a new one
   config.json, manifest.json   the resolved config and provenance, as fmjax.main writes them
   imported_config.json, experiment.py   that config as an experiment file for fmjax.main
-  import.json             where the weights came from (files, sha256, HF model type)
+  import.json             where the weights came from (files, sha256, HF model type, special ids)
+  hf_tokenizer/           the original tokenizer files, which export_hf ships with any run that
+                          descends from this one (train.init_from)
 """
 
 from __future__ import annotations
@@ -75,6 +83,12 @@ def weight_files(hf_dir: str) -> list[str]:
     if os.path.exists(index):
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [shard for shard in shards if not os.path.exists(os.path.join(hf_dir, shard))]
+        if missing:
+            raise ConfigError(
+                f"{hf_dir}/model.safetensors.index.json names {missing[0]}, which is missing; "
+                "download every shard"
+            )
         return [os.path.join(hf_dir, shard) for shard in shards]
     single = os.path.join(hf_dir, "model.safetensors")
     if os.path.exists(single):
@@ -85,12 +99,23 @@ def weight_files(hf_dir: str) -> list[str]:
         if path.endswith(PICKLE_SUFFIXES)
     )
     if pickles:
+        architecture = (
+            _read_json(os.path.join(hf_dir, "config.json")).get("architectures") or ["AutoModel"]
+        )[0]
         raise ConfigError(
             f"{hf_dir} has only {', '.join(pickles)}: pickle-based weights can run code when "
-            "loaded, and fmjax reads safetensors only; convert them where you trust the file "
-            "(transformers: model.save_pretrained(DIR, safe_serialization=True))"
+            "loaded, and fmjax reads safetensors only; convert them where you trust the file: "
+            f'python -c "import transformers; transformers.{architecture}.from_pretrained('
+            f"'{hf_dir}').save_pretrained('{hf_dir}', safe_serialization=True)\""
         )
     raise ConfigError(f"{hf_dir} has no model.safetensors; is it a transformers model directory?")
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def read_hf_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray], list[str]]:
@@ -111,19 +136,74 @@ def read_hf_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray], list[str]]:
 
 
 def read_tokenizer(hf_dir: str) -> tokenizers.Tokenizer:
-    """DIR/tokenizer.json, or the fast tokenizer transformers builds from vocab/merges files."""
+    """The model's tokenizer as transformers' fast tokenizer would build it: DIR/tokenizer.json,
+    else a WordPiece from vocab.txt or a byte-level BPE from vocab.json + merges.txt; the
+    BERT settings of tokenizer_config.json (do_lower_case, strip_accents,
+    tokenize_chinese_chars) override tokenizer.json's normalizer, as transformers does."""
+    settings = _read_json(os.path.join(hf_dir, "tokenizer_config.json"))
     path = os.path.join(hf_dir, "tokenizer.json")
     if os.path.exists(path):
-        return tokenizers.Tokenizer.from_file(path)
-    try:
-        import transformers
+        tok = tokenizers.Tokenizer.from_file(path)
+        normalizer = json.loads(tok.to_str()).get("normalizer") or {}
+        if normalizer.get("type") == "BertNormalizer":
+            tok.normalizer = _bert_normalizer(settings, normalizer)
+        return tok
+    if os.path.exists(os.path.join(hf_dir, "vocab.txt")):
+        return wordpiece_from_vocab(os.path.join(hf_dir, "vocab.txt"), settings)
+    vocab, merges = os.path.join(hf_dir, "vocab.json"), os.path.join(hf_dir, "merges.txt")
+    if os.path.exists(vocab) and os.path.exists(merges):
+        tok = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(vocab, merges))
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
+            add_prefix_space=bool(settings.get("add_prefix_space", False))
+        )
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        tok.post_processor = tokenizers.processors.ByteLevel(trim_offsets=False)
+        if tok.token_to_id(tokenizer_lib.END_OF_TEXT) is not None:
+            tok.add_special_tokens([tokenizer_lib.END_OF_TEXT])
+        return tok
+    raise ConfigError(
+        f"{hf_dir} has no tokenizer.json, vocab.txt or vocab.json + merges.txt; download the "
+        "model's tokenizer files too"
+    )
 
-        return transformers.AutoTokenizer.from_pretrained(hf_dir).backend_tokenizer
-    except Exception as error:  # noqa: BLE001 - any reason transformers cannot build one
-        raise ConfigError(
-            f"{hf_dir} has no tokenizer.json and transformers could not build a fast tokenizer "
-            f"({type(error).__name__}); add the model's tokenizer.json"
-        ) from None
+
+def _bert_normalizer(settings: dict, current: dict | None = None):
+    current = current or {}
+
+    def setting(name: str, normalizer_name: str, default):
+        return settings.get(name, current.get(normalizer_name, default))
+
+    return tokenizers.normalizers.BertNormalizer(
+        clean_text=bool(current.get("clean_text", True)),
+        handle_chinese_chars=bool(setting("tokenize_chinese_chars", "handle_chinese_chars", True)),
+        strip_accents=setting("strip_accents", "strip_accents", None),
+        lowercase=bool(setting("do_lower_case", "lowercase", True)),
+    )
+
+
+def wordpiece_from_vocab(vocab_path: str, settings: dict | None = None) -> tokenizers.Tokenizer:
+    """A BERT WordPiece tokenizer from a vocab.txt (one token a line, the line number its id),
+    configured as transformers' BertTokenizerFast: BERT normalizer (lowercase, accents and CJK
+    spacing per tokenizer_config.json), BERT pre-tokenizer, `[CLS] a [SEP] b [SEP]` template."""
+    settings = settings or {}
+    unk = settings.get("unk_token", tokenizer_lib.UNK)
+    unk = unk.get("content", tokenizer_lib.UNK) if isinstance(unk, dict) else unk
+    model = tokenizers.models.WordPiece.from_file(
+        vocab_path, unk_token=unk, max_input_chars_per_word=100
+    )
+    tok = tokenizers.Tokenizer(model)
+    tok.normalizer = _bert_normalizer(settings)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    tok.decoder = tokenizers.decoders.WordPiece(prefix="##")
+    special = tokenizer_lib.wordpiece_special_ids(tok, vocab_path)
+    cls, sep = tokenizer_lib.CLS, tokenizer_lib.SEP
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, special.cls), (sep, special.sep)],
+    )
+    tok.add_special_tokens(list(tokenizer_lib.WORDPIECE_SPECIAL_TOKENS))
+    return tok
 
 
 # --- HF config -> fmjax model config --------------------------------------------------------
@@ -320,18 +400,39 @@ def write_workdir(
     checkpoints.close()
 
 
-def special_token_notes(tokenizer: tokenizers.Tokenizer, family: str) -> list[str]:
-    """Where the tokenizer's special ids differ from the fixed ids fmjax's data pipeline uses."""
-    expected = (
-        tokenizer_lib.WORDPIECE_IDS
-        if family == "bert"
-        else {tokenizer_lib.END_OF_TEXT: tokenizer_lib.END_OF_TEXT_ID}
-    )
-    return [
-        f"{token} has id {tokenizer.token_to_id(token)} (fmjax's data pipeline expects {token_id})"
-        for token, token_id in expected.items()
-        if tokenizer.token_to_id(token) != token_id
-    ]
+# The tokenizer files a published model ships; copied so that an export of any run that
+# descends from the import ships them again (fmjax/tools/export_hf.py).
+ORIGINAL_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+ORIGINAL_TOKENIZER_DIR = "hf_tokenizer"
+
+
+def special_ids(tokenizer: tokenizers.Tokenizer, family: str) -> dict[str, int]:
+    """The special-token ids the data pipeline will use with this tokenizer (ConfigError if
+    one is missing)."""
+    if family == "bert":
+        ids = tokenizer_lib.wordpiece_special_ids(tokenizer)
+        return dict(zip(tokenizer_lib.WORDPIECE_SPECIAL_TOKENS, ids.all(), strict=True))
+    return {tokenizer_lib.END_OF_TEXT: tokenizer_lib.end_of_text_id(tokenizer)}
+
+
+def copy_original_tokenizer(hf_dir: str, workdir: str) -> list[str]:
+    """Copies the model's own tokenizer files into WORKDIR/hf_tokenizer; the names copied."""
+    import shutil
+
+    target = os.path.join(workdir, ORIGINAL_TOKENIZER_DIR)
+    names = [n for n in ORIGINAL_TOKENIZER_FILES if os.path.exists(os.path.join(hf_dir, n))]
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        shutil.copyfile(os.path.join(hf_dir, name), os.path.join(target, name))
+    return names
 
 
 def import_hf(
@@ -368,9 +469,15 @@ def import_hf(
         "weight_files": {os.path.basename(p): sha256_file(p) for p in files},
         "unused_tensors": unused,
         "vocab_size": int(hf_config["vocab_size"]),
-        "special_token_notes": special_token_notes(tokenizer, config.model.family),
+        "special_ids": special_ids(tokenizer, config.model.family),
     }
+    tokenizer_lib.check_ids_fit(
+        tuple(record["special_ids"].values()), int(config.model.vocab_size), hf_dir
+    )
     write_workdir(workdir, config, params, tokenizer, record)
+    record["original_tokenizer_files"] = copy_original_tokenizer(hf_dir, workdir)
+    with open(os.path.join(os.path.abspath(workdir), "import.json"), "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
     return config
 
 
@@ -411,8 +518,8 @@ def main(argv: list[str] | None = None) -> None:
         record = json.load(f)
     if record["unused_tensors"]:
         print(f"fmjax: not imported (no fmjax counterpart): {', '.join(record['unused_tensors'])}")
-    for note in record["special_token_notes"]:
-        print(f"fmjax: note: tokenizer {note}; continued pretraining with fmjax data refuses it")
+    ids = ", ".join(f"{token}={token_id}" for token, token_id in record["special_ids"].items())
+    print(f"fmjax: special tokens (the data pipeline uses these ids): {ids}")
     print(
         f"fmjax: wrote {workdir} ({config.model.family}, step 0). Continue pretraining with\n"
         f"  python -m fmjax.main --config {workdir}/experiment.py --workdir {workdir}"

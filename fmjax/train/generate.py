@@ -123,7 +123,7 @@ def generate_ids(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
-    pad_id: int = tokenizer_lib.END_OF_TEXT_ID,
+    pad_id: int = tokenizer_lib.END_OF_TEXT_ID,  # any id: left padding is masked out
 ) -> np.ndarray:
     """Continuations [len(prompts), max_new_tokens] of token-id prompts of any lengths."""
     ids, segments, positions = left_pad(prompts, pad_id)
@@ -157,7 +157,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
     with _Run(config) as run:
         tok = load_tokenizer(config)
-        eot = tokenizer_lib.END_OF_TEXT_ID
+        eot = tokenizer_lib.end_of_text_id(tok)
         texts = str(settings.prompt).split("|")
         prompts = [[eot, *tok.encode(t, add_special_tokens=False).ids] for t in texts]
         prompts = [p for p in prompts for _ in range(int(settings.num_samples))]
@@ -185,6 +185,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         top_k=int(settings.top_k),
         top_p=float(settings.top_p),
         seed=int(settings.seed),
+        pad_id=eot,
     )
     outputs = []
     _log(f"generating from checkpoint step {step}")

@@ -23,12 +23,13 @@ from fmjax.errors import ConfigError
 _STACKED_LAYERS = re.compile(r"(^|/)layers/[^0-9/][^/]*")  # scan_layers: layers/<attr>/...
 
 
-def resolve_checkpoint(path: str) -> tuple[str, str, int]:
-    """(workdir, state item folder, step) of a train.init_from path; ConfigError if none."""
+def resolve_checkpoint(path: str, field: str = "train.init_from") -> tuple[str, str, int]:
+    """(workdir, state item folder, step) of a train.init_from path; ConfigError (naming the
+    config `field` the path came from) if none."""
     path = os.path.abspath(os.path.expanduser(path))
-    hint = "point train.init_from at a workdir with checkpoints (or one checkpoints/<step> folder)"
+    hint = f"point {field} at a workdir with checkpoints (or one checkpoints/<step> folder)"
     if not os.path.exists(path):
-        raise ConfigError(f"train.init_from={path} does not exist; {hint}")
+        raise ConfigError(f"{field}={path} does not exist; {hint}")
     if os.path.basename(path) == "state":
         path = os.path.dirname(path)
     if os.path.isdir(os.path.join(path, "checkpoints")):
@@ -36,11 +37,11 @@ def resolve_checkpoint(path: str) -> tuple[str, str, int]:
     if os.path.basename(path) == "checkpoints":
         steps = ocp.utils.checkpoint_steps(path)
         if not steps:
-            raise ConfigError(f"train.init_from: {path} holds no finished checkpoint; {hint}")
+            raise ConfigError(f"{field}: {path} holds no finished checkpoint; {hint}")
         path = os.path.join(path, str(max(steps)))
     state_dir = os.path.join(path, "state")
     if not os.path.isdir(state_dir) or not os.path.basename(path).isdigit():
-        raise ConfigError(f"train.init_from: {path} is not an fmjax checkpoint; {hint}")
+        raise ConfigError(f"{field}: {path} is not an fmjax checkpoint; {hint}")
     checkpoints_dir = os.path.dirname(path)
     return os.path.dirname(checkpoints_dir), state_dir, int(os.path.basename(path))
 
@@ -190,3 +191,47 @@ def init_from_pretrained(
         state["params"], params_shardings, pretrained, stacked=stacked, source=path
     )
     return {**state, "params": params}, copied, step
+
+
+# The families a run may take its model fields from (model.fields_from_init).
+INHERITABLE_FAMILIES = {"bert": ("bert",), "bert_classifier": ("bert", "bert_classifier")}
+INHERITABLE_FAMILIES["gpt"] = ("gpt",)
+
+
+def inherit_model_fields(config: Any) -> None:
+    """model.fields_from_init=True: every model field the config does not set (sizes, norms,
+    vocabulary, positions, ...) is taken from the config.json of train.init_from's run, so an
+    experiment can fine-tune or continue whatever model that workdir holds (e.g. one written by
+    fmjax.tools.import_hf). The fields the config sets (family, num_classes, ...) win."""
+    if not config.model.get("fields_from_init", False):
+        return
+    import json
+
+    source = str(config.train.get("init_from", "") or "")
+    family = str(config.model.get("family", ""))
+    if not source:
+        raise ConfigError(
+            f"this experiment takes its {family} model from a pretrained run: set "
+            "--config.train.init_from=WORKDIR (an fmjax run, or one fmjax.tools.import_hf wrote)"
+        )
+    workdir, _, _ = resolve_checkpoint(source)
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"train.init_from={source}: {path} is missing; is it an fmjax workdir?")
+    with open(path) as f:
+        pretrained = dict(json.load(f)["model"])
+    allowed = INHERITABLE_FAMILIES.get(family, (family,))
+    if pretrained.get("family") not in allowed:
+        raise ConfigError(
+            f"train.init_from={source} holds a {pretrained.get('family')!r} model; this "
+            f"experiment needs {' or '.join(map(repr, allowed))}"
+        )
+    own = {k: v for k, v in config.model.to_dict().items() if k != "fields_from_init"}
+    if family == "bert_classifier" and pretrained.get("family") == "bert":
+        for field in ("num_classes", "pooler", "classifier_dropout_rate"):
+            pretrained.pop(field, None)
+    with config.unlocked():
+        for key, value in pretrained.items():
+            if key not in own and key != "fields_from_init":
+                config.model[key] = value
+        config.model.fields_from_init = False  # resolved: the snapshot holds every field

@@ -24,7 +24,7 @@ from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
 from fmjax.parallel.sharding import shard_batch
 from fmjax.tasks import build_task
 from fmjax.train.checkpoint import Checkpointer
-from fmjax.train.init_from import check_init_from
+from fmjax.train.init_from import check_init_from, inherit_model_fields
 from fmjax.train.metrics import MetricsWriter, model_flops_utilization, peak_flops_per_device
 from fmjax.train.preemption import PreemptionWatcher
 from fmjax.train.step import TrainProgram, abstract_batch, build_program, summarize
@@ -35,6 +35,7 @@ class _Run:
     """A config on a mesh, in the sharding-rules context the steps are traced under."""
 
     def __init__(self, config: ml_collections.ConfigDict):
+        inherit_model_fields(config)  # model.fields_from_init: the fields of train.init_from's
         resolve_auto_fields(config, jax.default_backend())
         validate_config(config, jax.device_count(), jax.process_count())
         self.config = config
