@@ -17,9 +17,11 @@ and the confusion matrix over the whole held-out split. Presets: "smoke" (second
 import ml_collections
 
 from fmjax.config import base_config
+from fmjax.experiments import parse_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    presets = parse_preset(preset, "classify", smoke=False)
     config = base_config()
     config.model = ml_collections.ConfigDict(
         dict(
@@ -54,13 +56,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 500
     config.checkpoint.every_steps = 500
 
-    if preset == "smoke":  # seconds: for tests and quick checks
+    if presets.smoke:  # seconds: for tests and quick checks
         config.data.seq_len = 32
         config.train.update(
             num_steps=6, batch_size=8, learning_rate=1e-3, warmup_steps=1, log_every=2,
             eval_every=6,
         )  # fmt: skip
         config.checkpoint.every_steps = 6
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r} for classify (known: smoke)")
     return config

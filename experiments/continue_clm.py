@@ -14,10 +14,12 @@ generation) come from train.init_from's workdir. Presets: "smoke".
 
 import ml_collections
 
-from fmjax.config import base_config, load_sibling_experiment
+from fmjax.config import base_config
+from fmjax.experiments import generate_config, parse_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    presets = parse_preset(preset, "continue_clm", smoke=False)
     config = base_config()
     config.model = ml_collections.ConfigDict(
         dict(family="gpt", fields_from_init=True, compute_dtype="auto")
@@ -28,7 +30,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.seq_len = 128  # at most the pretrained model's max_seq_len
     config.data.tokenizer_file = ""  # '' = the tokenizer of train.init_from's run
     config.train.init_from = ""  # the pretrained workdir (required)
-    config.generate = load_sibling_experiment(__file__, "gpt_tiny.py").generate_config()
+    config.generate = generate_config()
 
     config.train.num_steps = 1000
     config.train.batch_size = 16
@@ -43,7 +45,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_batches = 8
     config.checkpoint.every_steps = 250
 
-    if preset == "smoke":  # seconds: for tests and quick checks
+    if presets.smoke:  # seconds: for tests and quick checks
         config.data.seq_len = 32
         config.train.update(
             num_steps=4, batch_size=8, learning_rate=1e-3, warmup_steps=1, log_every=2,
@@ -51,6 +53,4 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         )  # fmt: skip
         config.checkpoint.every_steps = 4
         config.generate.update(max_new_tokens=8)
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r} for continue_clm (known: smoke)")
     return config

@@ -13,9 +13,11 @@ workdir; the corpus is packed with that tokenizer, never a new one. Presets: "sm
 import ml_collections
 
 from fmjax.config import base_config
+from fmjax.experiments import parse_preset
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    presets = parse_preset(preset, "continue_mlm", smoke=False)
     config = base_config()
     config.model = ml_collections.ConfigDict(
         dict(family="bert", fields_from_init=True, compute_dtype="auto")
@@ -37,13 +39,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_batches = 8
     config.checkpoint.every_steps = 250
 
-    if preset == "smoke":  # seconds: for tests and quick checks
+    if presets.smoke:  # seconds: for tests and quick checks
         config.data.seq_len = 32
         config.train.update(
             num_steps=4, batch_size=8, learning_rate=1e-3, warmup_steps=1, log_every=2,
             eval_every=4, eval_batches=1,
         )  # fmt: skip
         config.checkpoint.every_steps = 4
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r} for continue_mlm (known: smoke)")
     return config

@@ -21,15 +21,14 @@ transformers = pytest.importorskip("transformers")
 
 import tokenizers  # noqa: E402
 
-from fmjax.config import load_sibling_experiment  # noqa: E402
 from fmjax.data import clm, labeled_files  # noqa: E402
 from fmjax.errors import ConfigError  # noqa: E402
-from fmjax.tools import export_hf, import_hf  # noqa: E402
+from fmjax.experiments import experiment_config  # noqa: E402
+from fmjax.tools import export_hf, import_hf, model_card  # noqa: E402
 from fmjax.tools.workdir import load_run, make_model  # noqa: E402
 from fmjax.train import generate, trainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(REPO, "experiments", "x.py")
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog.",
     "A stitch in time saves nine; all that glitters is not gold.",
@@ -49,7 +48,7 @@ TINY_BERT = dict(
 
 
 def experiment(name: str, preset: str = "smoke"):
-    return load_sibling_experiment(EXPERIMENTS, name).get_config(preset)
+    return experiment_config(name, preset)
 
 
 def published_vocab(texts: list[str], lowercase: bool) -> list[str]:
@@ -199,6 +198,8 @@ def test_fine_tune_on_a_chinese_csv_exports_a_transformers_classifier(chinese_be
     assert manifest["data"]["tokenizer"]["special_ids"]["cls"] == 101
     resolved = json.load(open(os.path.join(workdir, "config.json")))["model"]
     assert resolved["num_classes"] == 2 and resolved["embed_dim"] == 32  # from the data / import
+    card = open(model_card.model_card(workdir), encoding="utf-8").read()
+    assert "| classes (label ids in order) | 好评, 差评 |" in card and "empty label" in card
 
     out = export_hf.export(workdir, str(tmp_path / "hf"))
     assert open(os.path.join(out, "vocab.txt")).read() == open(f"{hf_dir}/vocab.txt").read()
@@ -372,3 +373,41 @@ def test_import_refuses_pickle_with_the_conversion_command(tmp_path):
         import_hf.import_hf(str(tmp_path), str(tmp_path / "run"))
     assert "transformers.BertForMaskedLM.from_pretrained(" in str(error.value)
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+# --- ViT over the bridge; CLIP refused ------------------------------------------------------------
+
+
+def test_vit_import_and_export_match_transformers(tmp_path):
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=8, patch_size=4, num_channels=3, num_labels=3,
+    )  # fmt: skip
+    hf_model = randomize(transformers.ViTForImageClassification(config))
+    hf_model.save_pretrained(tmp_path / "hf")  # transformers 5 names (vit.layers.0.attention...)
+    imported = str(tmp_path / "imported")
+    import_hf.import_hf(str(tmp_path / "hf"), imported, f"{REPO}/experiments/vit_tiny.py:smoke")
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW
+    with torch.no_grad():
+        theirs = hf_model(pixel_values=pixels).logits.numpy()
+    run = load_run(imported, with_tokenizer=False)
+    ours = make_model(run.config.model, run.params)(images, deterministic=True)
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=1e-4)
+    out = export_hf.export(imported, str(tmp_path / "export"))  # transformers 4 names
+    reloaded = transformers.ViTForImageClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            reloaded(pixel_values=pixels).logits.numpy(), theirs, atol=1e-4, rtol=1e-4
+        )
+
+
+def test_clip_is_refused_both_ways_with_the_reason():
+    with pytest.raises(ConfigError, match="text tower is causal"):
+        import_hf.fmjax_model_fields({"model_type": "clip"})
+    with pytest.raises(ConfigError, match="CLIPModel's architecture differs"):
+        export_hf.check_exportable(experiment("contrastive_tiny.py").model)
+    model = experiment("vit_tiny.py").model
+    model.pooling = "gap"
+    with pytest.raises(ConfigError, match="pooling='cls'"):
+        export_hf.check_exportable(model)

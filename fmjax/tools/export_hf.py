@@ -1,13 +1,17 @@
-"""Export an fmjax BERT or GPT run as a Hugging Face `transformers` model directory.
+"""Export an fmjax BERT, BERT classifier, GPT or ViT run as a `transformers` model directory.
 
 python -m fmjax.tools.export_hf --workdir runs/gpt_tiny --out runs/gpt_tiny/hf
 
 writes config.json, model.safetensors and the tokenizer (tokenizer.json + tokenizer_config.json)
-so that `transformers.AutoModelForMaskedLM` (BERT -> BertForMaskedLM) or
-`AutoModelForCausalLM` (GPT -> GPT2LMHeadModel) and `AutoTokenizer` load it with
-`from_pretrained(DIR)`. A run whose architecture `transformers` cannot express (rotary positions,
-no attention biases, pre-LN BERT, num_heads * head_dim != embed_dim) is refused with one line
-naming the field.
+so that `transformers.AutoModelForMaskedLM` (BERT -> BertForMaskedLM),
+`AutoModelForSequenceClassification` (bert_classifier with model.pooler ->
+BertForSequenceClassification, labels named as in the run's data), `AutoModelForCausalLM`
+(GPT -> GPT2LMHeadModel) or `AutoModelForImageClassification` (ViT with a class token ->
+ViTForImageClassification, no tokenizer) and `AutoTokenizer` load it with `from_pretrained(DIR)`.
+A run that descends from fmjax.tools.import_hf ships the published model's own tokenizer files
+(vocab.txt, tokenizer_config.json, ...). A run whose architecture `transformers` cannot express
+(rotary positions, no attention biases, pre-LN BERT, num_heads * head_dim != embed_dim, a
+mean-pooled ViT, the contrastive model vs CLIPModel) is refused with one line naming why.
 
 Vocabulary padding: `model.vocab_size` may be larger than the tokenizer (padded to shard over
 `tensor`, e.g. 50257 -> 50304). Only the tokenizer's rows are exported (HF `vocab_size` = the
@@ -30,6 +34,13 @@ from fmjax.errors import ConfigError
 from fmjax.tools.hf_weights import to_hf, weights_of
 from fmjax.tools.workdir import load_run, run_cli
 
+# Why fmjax's contrastive model neither exports to nor imports from transformers' CLIPModel.
+CLIP_MISMATCH = (
+    "CLIPModel's architecture differs from fmjax's contrastive model (CLIP's text tower is "
+    "causal and pools the end-of-text token, both towers use quick-GELU, the vision tower has a "
+    "LayerNorm before its encoder and no patch bias), so no weight map keeps the logits; "
+    "fmjax exchanges BERT, GPT-2 and ViT only"
+)
 # fmjax model.mlp_activation <-> transformers activation names (gelu_new = GPT-2's tanh GELU).
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 
@@ -37,9 +48,12 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 def check_exportable(model: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first model field `transformers` cannot express."""
     family = model.get("family")
-    if family not in ("bert", "bert_classifier", "gpt"):
+    if family == "contrastive":
+        raise ConfigError(CLIP_MISMATCH)
+    if family not in ("bert", "bert_classifier", "gpt", "vit"):
         raise ConfigError(
-            f"model.family={family!r}: export_hf supports 'bert', 'bert_classifier' and 'gpt'"
+            f"model.family={family!r}: export_hf supports 'bert', 'bert_classifier', 'gpt' and "
+            "'vit'"
         )
     if family == "bert_classifier" and not model.get("pooler", False):
         raise ConfigError(
@@ -54,6 +68,15 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
     if not model.get("use_bias", True):
         raise ConfigError("model.use_bias=False: BERT and GPT-2 attention layers have biases")
     activation = model.get("mlp_activation", "gelu")
+    if family == "vit":
+        if model.get("pooling") != "cls":
+            raise ConfigError(
+                f"model.pooling={model.get('pooling')!r}: ViTForImageClassification classifies "
+                "the class token; only pooling='cls' runs can be exported"
+            )
+        if activation != "gelu":
+            raise ConfigError(f"model.mlp_activation={activation!r}: HF ViT uses exact GELU")
+        return
     if family in ("bert", "bert_classifier"):
         if model.norm_position != "post":
             raise ConfigError(f"model.norm_position={model.norm_position!r}: BERT is post-LN")
@@ -84,6 +107,26 @@ def hf_config(
     import transformers
 
     check_exportable(model)
+    if model.family == "vit":
+        names = class_names or [str(i) for i in range(int(model.num_classes))]
+        return transformers.ViTConfig(
+            architectures=["ViTForImageClassification"],
+            hidden_size=model.embed_dim,
+            num_hidden_layers=model.num_layers,
+            num_attention_heads=model.num_heads,
+            intermediate_size=model.mlp_dim,
+            hidden_act="gelu",
+            hidden_dropout_prob=model.dropout_rate,
+            attention_probs_dropout_prob=model.attention_dropout_rate,
+            layer_norm_eps=model.layer_norm_epsilon,
+            image_size=model.image_size,
+            patch_size=model.patch_size,
+            num_channels=model.num_channels,
+            qkv_bias=True,
+            num_labels=int(model.num_classes),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+        )
     if model.family in ("bert", "bert_classifier"):
         ids = tokenizer_lib.wordpiece_special_ids(tokenizer) if tokenizer else None
         pad_id = ids.pad if ids else tokenizer_lib.PAD_ID
@@ -200,9 +243,10 @@ def export(workdir: str, out: str) -> str:
         ) from None
     model = read_config(workdir).model
     check_exportable(model)  # before restoring anything
-    run = load_run(workdir)
-    vocab_size = run.tokenizer.get_vocab_size()
-    if vocab_size > model.vocab_size:
+    text = model.family != "vit"
+    run = load_run(workdir, with_tokenizer=text)
+    vocab_size = run.tokenizer.get_vocab_size() if text else None
+    if text and vocab_size > model.vocab_size:
         raise ConfigError(
             f"tokenizer {run.tokenizer_path} has {vocab_size} tokens > model.vocab_size="
             f"{model.vocab_size}"
@@ -215,9 +259,11 @@ def export(workdir: str, out: str) -> str:
     safetensors.numpy.save_file(
         tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"}
     )
-    hf_tokenizer(run.tokenizer, model.family, int(model.max_seq_len)).save_pretrained(out)
-    _portable_tokenizer_class(os.path.join(out, "tokenizer_config.json"))
-    original = copy_original_tokenizer_files(run.tokenizer_path, out)
+    original = []
+    if text:
+        hf_tokenizer(run.tokenizer, model.family, int(model.max_seq_len)).save_pretrained(out)
+        _portable_tokenizer_class(os.path.join(out, "tokenizer_config.json"))
+        original = copy_original_tokenizer_files(run.tokenizer_path, out)
     with open(os.path.join(out, "fmjax_export.json"), "w") as f:
         json.dump(
             {

@@ -15,6 +15,10 @@ Layouts (fmjax -> HF; import applies the inverse and reshapes to the fmjax shape
                    fmjax may pad the vocabulary to shard it: padding rows are dropped on
                    export and filled with zeros on import)
   vocab_t          an untied LM head [embed, vocab] <-> [vocab, embed]
+  unsqueeze        HF adds leading axes of size 1 (ViT's position table [1, N, d], class token
+                   [1, 1, d]); `hf_shape` is the HF shape
+  conv_patch       ViT's patch Conv2d weight [d, C, p, p] = the patch kernel [p*p*C, d] (pixels
+                   in (y, x, c) order, fmjax/models/vit.py: patchify); `hf_shape` = (d, C, p, p)
 GPT-2 fuses query, key and value into one `c_attn` tensor: `part` j in 0..2 is its slice.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 
 import jax
@@ -43,6 +48,7 @@ class Weight:
     layout: str
     part: int | None = None  # slice j of a fused query/key/value tensor
     optional: bool = False  # may be missing from an HF checkpoint (then freshly initialized)
+    hf_shape: tuple | None = None  # the HF shape, for the unsqueeze / conv_patch layouts
 
 
 def _norm(path: tuple, hf_name: str, optional: bool = False) -> list[Weight]:
@@ -123,6 +129,45 @@ def gpt2_weights(num_layers: int, tie_embeddings: bool) -> list[Weight]:
     return table
 
 
+def vit_weights(model: ml_collections.ConfigDict) -> list[Weight]:
+    """fmjax VisionTransformer (pooling="cls") <-> ViTForImageClassification, under the names
+    transformers 4 writes (transformers 5 reads them too; `normalize_names` maps its own)."""
+    d, p, c = model.embed_dim, model.patch_size, model.num_channels
+    tokens = (model.image_size // p) ** 2 + 1
+    table = [
+        Weight(("cls_token",), "vit.embeddings.cls_token", "unsqueeze", hf_shape=(1, 1, d)),
+        Weight(
+            ("position_embed", "embedding"),
+            "vit.embeddings.position_embeddings",
+            "unsqueeze",
+            hf_shape=(1, tokens, d),
+        ),
+        Weight(
+            ("patch_embed", "kernel"),
+            "vit.embeddings.patch_embeddings.projection.weight",
+            "conv_patch",
+            hf_shape=(d, c, p, p),
+        ),
+        Weight(("patch_embed", "bias"), "vit.embeddings.patch_embeddings.projection.bias", "same"),
+        *_norm(("encoder", "final_norm"), "vit.layernorm"),
+        *_dense(("head",), "classifier", "linear", optional=True),  # absent from ViTModel
+    ]
+    for i in range(model.num_layers):
+        path, name = ("encoder", "layers", i), f"vit.encoder.layer.{i}"
+        for part in ("query", "key", "value"):
+            table += _dense(
+                (*path, "attention", part), f"{name}.attention.attention.{part}", "linear"
+            )
+        table += _dense(
+            (*path, "attention", "out"), f"{name}.attention.output.dense", "linear_heads_in"
+        )
+        table += _norm((*path, "attention_norm"), f"{name}.layernorm_before")
+        table += _dense((*path, "mlp", "wi"), f"{name}.intermediate.dense", "linear")
+        table += _dense((*path, "mlp", "wo"), f"{name}.output.dense", "linear")
+        table += _norm((*path, "mlp_norm"), f"{name}.layernorm_after")
+    return table
+
+
 def weights_of(model: ml_collections.ConfigDict) -> list[Weight]:
     """The table of an fmjax model config (bert, or gpt with learned positions)."""
     if model.family == "bert":
@@ -131,7 +176,12 @@ def weights_of(model: ml_collections.ConfigDict) -> list[Weight]:
         return bert_classifier_weights(model.num_layers)
     if model.family == "gpt":
         return gpt2_weights(model.num_layers, bool(model.tie_embeddings))
-    raise ConfigError(f"model.family={model.family!r}: only bert and gpt map to transformers")
+    if model.family == "vit":
+        return vit_weights(model)
+    raise ConfigError(
+        f"model.family={model.family!r}: only bert, bert_classifier, gpt and vit map to "
+        "transformers"
+    )
 
 
 # --- fmjax -> HF ------------------------------------------------------------------------------
@@ -143,7 +193,13 @@ def _get(tree: dict, path: tuple):
     return tree
 
 
-def _to_hf_layout(x: np.ndarray, layout: str, vocab_size: int | None) -> np.ndarray:
+def _to_hf_layout(x: np.ndarray, weight: Weight, vocab_size: int | None) -> np.ndarray:
+    layout = weight.layout
+    if layout == "unsqueeze":
+        return x.reshape(weight.hf_shape)
+    if layout == "conv_patch":
+        d, channels, p, _ = weight.hf_shape
+        return x.reshape(p, p, channels, d).transpose(3, 2, 0, 1)
     if layout in ("linear", "conv1d"):
         x = x.reshape(x.shape[0], -1)
     elif layout in ("linear_heads_in", "conv1d_heads_in"):
@@ -165,7 +221,7 @@ def to_hf(
     for weight in table:
         value = np.asarray(_get(params, weight.path), np.float32)
         parts.setdefault(weight.hf_name, {})[weight.part or 0] = _to_hf_layout(
-            value, weight.layout, vocab_size
+            value, weight, vocab_size
         )
     return {
         name: np.ascontiguousarray(np.concatenate([by_part[j] for j in sorted(by_part)], axis=-1))
@@ -189,10 +245,11 @@ def gpt2_to_hf(
 
 
 def normalize_names(tensors: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
-    """Names as a *ForMaskedLM / *LMHeadModel saves them: adds the `bert.` / `transformer.`
-    prefix a base-model checkpoint lacks, and renames pre-2019 LayerNorm gamma/beta."""
-    prefix = "bert." if family == "bert" else "transformer."
-    heads = ("cls.", "lm_head.")
+    """Names as a *ForMaskedLM / *LMHeadModel / ViTForImageClassification saves them (with
+    transformers 4): adds the `bert.` / `transformer.` / `vit.` prefix a base-model checkpoint
+    lacks, renames pre-2019 LayerNorm gamma/beta and transformers 5's ViT names."""
+    prefix = {"bert": "bert.", "gpt": "transformer.", "vit": "vit."}[family]
+    heads = ("cls.", "lm_head.", "classifier.")
     has_prefix = any(name.startswith(prefix) for name in tensors)
     out = {}
     for name, value in tensors.items():
@@ -201,10 +258,31 @@ def normalize_names(tensors: dict[str, np.ndarray], family: str) -> dict[str, np
         for old, new in ((".gamma", ".weight"), (".beta", ".bias")):
             if name.endswith(old):
                 name = name.removesuffix(old) + new
+        if family == "vit":
+            for pattern, replacement in VIT_RENAMES:
+                name = re.sub(pattern, replacement, name)
         out[name] = value
     if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
         out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
     return out
+
+
+# transformers 5 ViT names -> the transformers 4 names the table uses.
+VIT_RENAMES = (
+    (
+        r"^vit\.layers\.(\d+)\.attention\.q_proj\.",
+        r"vit.encoder.layer.\1.attention.attention.query.",
+    ),
+    (r"^vit\.layers\.(\d+)\.attention\.k_proj\.", r"vit.encoder.layer.\1.attention.attention.key."),
+    (
+        r"^vit\.layers\.(\d+)\.attention\.v_proj\.",
+        r"vit.encoder.layer.\1.attention.attention.value.",
+    ),
+    (r"^vit\.layers\.(\d+)\.attention\.o_proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
+    (r"^vit\.layers\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
+    (r"^vit\.layers\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
+    (r"^vit\.layers\.(\d+)\.", r"vit.encoder.layer.\1."),
+)
 
 
 def _from_hf_layout(value: np.ndarray, weight: Weight, shape: tuple[int, ...]) -> np.ndarray:
@@ -212,6 +290,8 @@ def _from_hf_layout(value: np.ndarray, weight: Weight, shape: tuple[int, ...]) -
         value = np.split(value, 3, axis=-1)[weight.part]
     if weight.layout in ("linear", "linear_heads_in", "vocab_t"):
         value = value.T
+    elif weight.layout == "conv_patch" and value.ndim == 4:  # [d, C, p, p] -> [p, p, C, d]
+        value = value.transpose(2, 3, 1, 0)
     if weight.layout == "vocab":  # zero rows for fmjax's vocabulary padding
         rows = shape[0] - value.shape[0]
         value = np.concatenate([value, np.zeros((rows, *value.shape[1:]), value.dtype)])

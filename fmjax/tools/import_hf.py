@@ -47,7 +47,7 @@ from fmjax.tools.hf_weights import from_hf, normalize_names, weights_of
 from fmjax.tools.workdir import abstract_params, inference_config, run_cli, stacked_layers
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
-DEFAULT_EXPERIMENTS = {"bert": "bert_tiny.py", "gpt": "gpt_tiny.py"}
+DEFAULT_EXPERIMENTS = {"bert": "bert_tiny.py", "gpt": "gpt_tiny.py", "vit": "vit_tiny.py"}
 # transformers activation names -> fmjax model.mlp_activation
 FMJAX_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
@@ -69,7 +69,8 @@ def get_config(preset=None):
     workdir = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(workdir, "imported_config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    config.data.tokenizer_file = os.path.join(workdir, "tokenizer.json")  # follows a moved workdir
+    if os.path.exists(os.path.join(workdir, "tokenizer.json")):  # follows a moved workdir
+        config.data.tokenizer_file = os.path.join(workdir, "tokenizer.json")
     return config
 '''
 
@@ -280,7 +281,37 @@ def fmjax_model_fields(hf_config: dict) -> dict:
             norm_position="pre",
             mlp_activation=FMJAX_ACTIVATIONS[activation],
         )
-    raise ConfigError(f"model_type={model_type!r}: import_hf supports 'bert' and 'gpt2'")
+    if model_type == "vit":
+        _require(
+            hf_config.get("hidden_act", "gelu") == "gelu",
+            f"hidden_act={hf_config.get('hidden_act')!r}: fmjax ViT uses exact GELU ('gelu')",
+        )
+        _require(hf_config.get("qkv_bias", True), "qkv_bias=false: fmjax ViT has qkv biases")
+        hidden, heads = int(hf_config["hidden_size"]), int(hf_config["num_attention_heads"])
+        labels = hf_config.get("id2label") or {}
+        return dict(
+            family="vit",
+            image_size=int(hf_config["image_size"]),
+            patch_size=int(hf_config["patch_size"]),
+            num_channels=int(hf_config.get("num_channels", 3)),
+            num_classes=int(hf_config.get("num_labels") or len(labels) or 2),
+            embed_dim=hidden,
+            num_layers=int(hf_config["num_hidden_layers"]),
+            num_heads=heads,
+            head_dim=hidden // heads,
+            mlp_dim=int(hf_config["intermediate_size"]),
+            pooling="cls",  # HF ViT classifies the class token's output
+            dropout_rate=float(hf_config.get("hidden_dropout_prob", 0.0)),
+            attention_dropout_rate=float(hf_config.get("attention_probs_dropout_prob", 0.0)),
+            layer_norm_epsilon=float(hf_config.get("layer_norm_eps", 1e-12)),
+            norm_position="pre",
+            mlp_activation="gelu",
+        )
+    if model_type in ("clip", "siglip"):
+        from fmjax.tools.export_hf import CLIP_MISMATCH
+
+        raise ConfigError(f"model_type={model_type!r}: {CLIP_MISMATCH}")
+    raise ConfigError(f"model_type={model_type!r}: import_hf supports 'bert', 'gpt2' and 'vit'")
 
 
 def fmjax_config(
@@ -293,7 +324,8 @@ def fmjax_config(
     """The experiment's config (task, data, train, ...) with the model fields of `hf_config`."""
     fields = fmjax_model_fields(hf_config)
     multiple = max(int(pad_vocab_multiple), 1)
-    fields["vocab_size"] = math.ceil(fields["vocab_size"] / multiple) * multiple
+    if "vocab_size" in fields:
+        fields["vocab_size"] = math.ceil(fields["vocab_size"] / multiple) * multiple
     if experiment is None:
         experiment = os.path.join(EXPERIMENTS_DIR, DEFAULT_EXPERIMENTS[fields["family"]])
     path, _, preset = experiment.partition(":")
@@ -307,7 +339,7 @@ def fmjax_config(
         )
     config.model.update(fields)
     config.model.compute_dtype = compute_dtype
-    if "seq_len" in config.data:
+    if "seq_len" in config.data and "max_seq_len" in fields:
         config.data.seq_len = min(int(config.data.seq_len), fields["max_seq_len"])
     resolve_auto_fields(config, jax.default_backend())
     return config
@@ -344,11 +376,12 @@ def write_workdir(
     workdir: str,
     config: ml_collections.ConfigDict,
     params: dict,
-    tokenizer: tokenizers.Tokenizer,
+    tokenizer: tokenizers.Tokenizer | None,
     record: dict | None = None,
 ) -> None:
-    """An fmjax workdir at step 0: checkpoint (params + fresh optimizer state), tokenizer,
-    config snapshot, manifest and an experiment file, so fmjax.main can train from it.
+    """An fmjax workdir at step 0: checkpoint (params + fresh optimizer state), tokenizer (none
+    for an image model), config snapshot, manifest and an experiment file, so fmjax.main can
+    train from it.
 
     `params` has the blocks unrolled (layers/0, ...); they are stacked for scan_layers runs.
     """
@@ -361,24 +394,24 @@ def write_workdir(
     ):
         raise ConfigError(f"{workdir} already holds a run; import into a new --workdir")
     os.makedirs(workdir, exist_ok=True)
-    tokenizer_path = os.path.join(workdir, "tokenizer.json")
-    tokenizer.save(tokenizer_path)
-    tokenizer_sha256 = sha256_file(tokenizer_path)
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
-    config.data.tokenizer_file = tokenizer_path
+    data_fingerprint: dict = {"imported_from": record or {}}
+    position: dict = {"step": 0, "skipped_steps": 0}
+    if tokenizer is not None:
+        tokenizer_path = os.path.join(workdir, "tokenizer.json")
+        tokenizer.save(tokenizer_path)
+        position["tokenizer_sha256"] = sha256_file(tokenizer_path)
+        config.data.tokenizer_file = tokenizer_path
+        data_fingerprint["tokenizer"] = {
+            "path": tokenizer_path,
+            "sha256": position["tokenizer_sha256"],
+            "kind": type(tokenizer.model).__name__.lower(),
+            "vocab_size": tokenizer.get_vocab_size(),
+        }
     with open(os.path.join(workdir, "imported_config.json"), "w") as f:
         f.write(config.to_json(indent=2, sort_keys=True) + "\n")
     with open(os.path.join(workdir, "experiment.py"), "w") as f:
         f.write(EXPERIMENT_FILE.format(workdir=workdir))
-    data_fingerprint = {
-        "tokenizer": {
-            "path": tokenizer_path,
-            "sha256": tokenizer_sha256,
-            "kind": type(tokenizer.model).__name__.lower(),
-            "vocab_size": tokenizer.get_vocab_size(),
-        },
-        "imported_from": record or {},
-    }
     write_snapshot(config, workdir, data_fingerprint)
     if record is not None:
         with open(os.path.join(workdir, "import.json"), "w") as f:
@@ -394,9 +427,7 @@ def write_workdir(
     checkpoints = Checkpointer(
         workdir, int(config.checkpoint.every_steps), int(config.checkpoint.keep), async_save=False
     )
-    checkpoints.save(
-        0, state, {"step": 0, "skipped_steps": 0, "tokenizer_sha256": tokenizer_sha256}, force=True
-    )
+    checkpoints.save(0, state, position, force=True)
     checkpoints.close()
 
 
@@ -435,6 +466,16 @@ def copy_original_tokenizer(hf_dir: str, workdir: str) -> list[str]:
     return names
 
 
+def _record(hf_dir: str, hf_config: dict, files: list[str]) -> dict:
+    return {
+        "hf_dir": os.path.abspath(hf_dir),
+        "model_type": hf_config.get("model_type"),
+        "architectures": hf_config.get("architectures"),
+        "transformers_version": hf_config.get("transformers_version"),
+        "weight_files": {os.path.basename(p): sha256_file(p) for p in files},
+    }
+
+
 def import_hf(
     hf_dir: str,
     workdir: str,
@@ -443,7 +484,7 @@ def import_hf(
     pad_vocab_multiple: int = 1,
     compute_dtype: str = "auto",
 ) -> ml_collections.ConfigDict:
-    """Reads an HF BERT / GPT-2 directory and writes it as an fmjax workdir at step 0."""
+    """Reads an HF BERT / GPT-2 / ViT directory and writes it as an fmjax workdir at step 0."""
     try:
         import safetensors  # noqa: F401
     except ImportError as error:
@@ -454,6 +495,11 @@ def import_hf(
     config = fmjax_config(
         hf_config, experiment, pad_vocab_multiple=pad_vocab_multiple, compute_dtype=compute_dtype
     )
+    if config.model.family == "vit":
+        params, unused = params_from_hf(tensors, config.model)
+        record = {**_record(hf_dir, hf_config, files), "unused_tensors": unused}
+        write_workdir(workdir, config, params, None, record)
+        return config
     tokenizer = read_tokenizer(hf_dir)
     if tokenizer.get_vocab_size() > config.model.vocab_size:
         raise ConfigError(
@@ -462,11 +508,7 @@ def import_hf(
         )
     params, unused = params_from_hf(tensors, config.model)
     record = {
-        "hf_dir": os.path.abspath(hf_dir),
-        "model_type": hf_config.get("model_type"),
-        "architectures": hf_config.get("architectures"),
-        "transformers_version": hf_config.get("transformers_version"),
-        "weight_files": {os.path.basename(p): sha256_file(p) for p in files},
+        **_record(hf_dir, hf_config, files),
         "unused_tensors": unused,
         "vocab_size": int(hf_config["vocab_size"]),
         "special_ids": special_ids(tokenizer, config.model.family),
@@ -518,8 +560,9 @@ def main(argv: list[str] | None = None) -> None:
         record = json.load(f)
     if record["unused_tensors"]:
         print(f"fmjax: not imported (no fmjax counterpart): {', '.join(record['unused_tensors'])}")
-    ids = ", ".join(f"{token}={token_id}" for token, token_id in record["special_ids"].items())
-    print(f"fmjax: special tokens (the data pipeline uses these ids): {ids}")
+    if record.get("special_ids"):
+        ids = ", ".join(f"{token}={token_id}" for token, token_id in record["special_ids"].items())
+        print(f"fmjax: special tokens (the data pipeline uses these ids): {ids}")
     print(
         f"fmjax: wrote {workdir} ({config.model.family}, step 0). Continue pretraining with\n"
         f"  python -m fmjax.main --config {workdir}/experiment.py --workdir {workdir}"

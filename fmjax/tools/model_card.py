@@ -250,6 +250,11 @@ def model_card(workdir: str) -> str:
                 ),
                 ("sequence length", data.get("seq_len")),
                 ("tokenizer", _tokenizer_line(provenance.get("tokenizer") or {})),
+                (
+                    "classes (label ids in order)",
+                    ", ".join(map(str, provenance.get("class_names") or [])) or None,
+                ),
+                ("train / test files", _labeled_files_line(provenance)),
             ]
         ),
     ]
@@ -333,6 +338,20 @@ def model_card(workdir: str) -> str:
     with open(path, "w") as f:
         f.write("\n\n".join(section for section in sections if section) + "\n")
     return path
+
+
+def _labeled_files_line(provenance: dict) -> str | None:
+    """Your own labeled files (data.dataset=files:...): paths, sha256, rows used and skipped."""
+    if "train_file" not in provenance:
+        return None
+    held_out = provenance.get("test_file") or (
+        f"a hash split of {provenance.get('test_fraction')} (seed {provenance.get('hash_seed')})"
+    )
+    return (
+        f"{provenance['train_file']} (sha256 {provenance.get('train_sha256')}) / {held_out}; "
+        f"{provenance.get('num_train_examples')} / {provenance.get('num_test_examples')} rows, "
+        f"skipped: {json.dumps(provenance.get('skipped_rows'), ensure_ascii=False)}"
+    )
 
 
 def _tokenizer_line(tokenizer: dict) -> str | None:
