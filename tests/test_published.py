@@ -95,9 +95,12 @@ def bert_batch(hf_tokenizer, texts, length=24):
 
 @pytest.fixture(scope="module")
 def english_bert(tmp_path_factory):
-    """A published-style BertForMaskedLM (sharded safetensors + index) and its import."""
+    """A published-style BertForPreTraining (as bert-base-uncased ships: MLM and next-sentence
+    heads; sharded safetensors + index) and its import."""
     root = tmp_path_factory.mktemp("english")
-    hf_model, hf_dir = write_bert_dir(root / "hf", ENGLISH, True, max_shard_size="40KB")
+    hf_model, hf_dir = write_bert_dir(
+        root / "hf", ENGLISH, True, "BertForPreTraining", max_shard_size="40KB"
+    )
     workdir = str(root / "imported")
     import_hf.import_hf(hf_dir, workdir, f"{REPO}/experiments/bert_tiny.py:smoke")
     return hf_model, hf_dir, workdir
@@ -137,9 +140,37 @@ def test_published_bert_import_keeps_its_special_ids_and_logits(english_bert):
         theirs = hf_model(
             input_ids=torch.from_numpy(ids.astype(np.int64)),
             attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        ).logits.numpy()
+        ).prediction_logits.numpy()
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[real], theirs[real], atol=1e-4, rtol=1e-4)
+    assert "cls.seq_relationship.weight" in record["unused_tensors"]  # no NSP head in fmjax
+
+
+def test_bert_model_checkpoint_and_tokenizer_config_override(tmp_path):
+    """A BertModel checkpoint (no `bert.` prefix, no MLM head) imports with a fresh MLM head;
+    tokenizer_config.json's do_lower_case=false overrides a lowercasing tokenizer.json, as
+    transformers does."""
+    hf_model, hf_dir = write_bert_dir(tmp_path / "hf", ENGLISH + ["Movie"], False, "BertModel")
+    lowercasing = import_hf.wordpiece_from_vocab(f"{hf_dir}/vocab.txt", {"do_lower_case": True})
+    lowercasing.save(f"{hf_dir}/tokenizer.json")
+    assert lowercasing.encode("Movie").tokens[1] != "Movie"  # lowercased: not that word
+    import_hf.import_hf(hf_dir, str(tmp_path / "run"), f"{REPO}/experiments/bert_tiny.py:smoke")
+    ours = tokenizers.Tokenizer.from_file(str(tmp_path / "run" / "tokenizer.json"))
+    assert ours.encode("Movie").tokens[1] == "Movie"
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert hf_tokenizer("Movie")["input_ids"] == ours.encode("Movie").ids
+    run = load_run(str(tmp_path / "run"))
+    ids, mask = bert_batch(hf_tokenizer, ENGLISH[:2])
+    hidden = make_model(run.config.model, run.params).encode(
+        ids, np.zeros_like(ids), mask, deterministic=True
+    )
+    with torch.no_grad():
+        theirs = hf_model(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        ).last_hidden_state.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(hidden)[real], theirs[real], atol=1e-4, rtol=1e-4)
 
 
 def test_chinese_wordpiece_splits_cjk_characters_like_transformers(chinese_bert):
