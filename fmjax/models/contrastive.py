@@ -17,6 +17,8 @@ embed_dim, num_layers, num_heads, head_dim, mlp_dim.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,6 +31,9 @@ from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
 from fmjax.models.vit import ImageEncoder
 from fmjax.parallel.sharding import constrain
 
+# CLIP clamps its learned temperature so the logits never exceed 100 x cosine (training
+# instability otherwise, Radford et al. 2021 section 2.5).
+MAX_LOGIT_SCALE = 100.0
 SHARED_FIELDS = (
     "dropout_rate",
     "attention_dropout_rate",
@@ -168,5 +173,6 @@ class ContrastiveModel(nnx.Module):
         )
 
     def logit_scale_and_bias(self) -> tuple[jax.Array, jax.Array]:
-        """(exp(log scale), bias), float32 scalars."""
-        return jnp.exp(self.logit.scale[...]), self.logit.bias[...]
+        """(exp(log scale) clamped at MAX_LOGIT_SCALE, bias), float32 scalars."""
+        log_scale = jnp.minimum(self.logit.scale[...], math.log(MAX_LOGIT_SCALE))
+        return jnp.exp(log_scale), self.logit.bias[...]

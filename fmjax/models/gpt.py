@@ -13,7 +13,12 @@ from flax import nnx
 
 from fmjax.models.attention import NORMAL_INIT, segment_mask
 from fmjax.models.embeddings import Embedding
-from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
+from fmjax.models.transformer import (
+    HIDDEN_AXES,
+    Stack,
+    compute_dtype,
+    scale_residual_projections,
+)
 from fmjax.parallel.sharding import constrain
 
 
@@ -58,6 +63,7 @@ class Gpt(nnx.Module):
         )
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
         self.decoder = Stack(config, rngs=rngs)  # ends with the final LayerNorm (pre-LN)
+        scale_residual_projections(self.decoder, config.num_layers)
         self.lm_head = (
             None
             if config.tie_embeddings

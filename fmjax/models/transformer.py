@@ -182,6 +182,18 @@ def unstack_layer_params(stacked: dict) -> dict:
     return {i: jax.tree.map(lambda leaf, i=i: leaf[i], stacked) for i in range(num_layers)}
 
 
+def scale_residual_projections(stack: Stack, num_layers: int) -> None:
+    """GPT-2's scaled residual init: multiplies each block's attention and MLP output kernels
+    (drawn from N(0, 0.02)) by 1/sqrt(2 * num_layers), so they are N(0, 0.02/sqrt(2L)) and the
+    residual stream's variance does not grow with depth (GPT-2, nanoGPT, HF GPT2Model)."""
+    factor = 1.0 / (2.0 * num_layers) ** 0.5
+    # with scan_layers one Block holds every layer's kernels on a leading axis
+    blocks = [stack.layers] if stack.scan_layers else list(stack.layers)
+    for block in blocks:
+        for kernel in (block.attention.out.kernel, block.mlp.wo.kernel):
+            kernel[...] = kernel[...] * factor
+
+
 class Stack(nnx.Module):
     """num_layers Blocks; a pre-LN stack ends with a final LayerNorm.
 

@@ -63,7 +63,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, ...]:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p")
+    jax.jit,
+    static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "end_id"),
 )
 def decode(
     graphdef: Any,
@@ -77,11 +78,14 @@ def decode(
     temperature: float,
     top_k: int,
     top_p: float,
+    end_id: int | None,
 ) -> jax.Array:
     """New token ids [B, max_new_tokens] after left-padded prompts [B, P] (see `left_pad`).
 
-    One forward over the prompts fills the KV cache, then a fori_loop appends one token per
-    step; the token of step i is drawn with fold_in(rng, i), so a seed fixes the output.
+    One forward over the prompts fills the KV cache, then a while_loop appends one token per
+    step; the token of step i is drawn with fold_in(rng, i), so a seed fixes the output. A
+    sequence that emits `end_id` is done: its later slots hold end_id, and the loop stops when
+    every sequence is done (end_id None: always max_new_tokens steps).
     """
     model = nnx.merge(graphdef, params)
     batch_size, prompt_length = prompt_ids.shape
@@ -90,9 +94,10 @@ def decode(
         prompt_ids, prompt_positions, prompt_segments, deterministic=True, cache=cache
     )
     ones = jnp.ones((batch_size, 1), jnp.int32)
+    fill = 0 if end_id is None else end_id
 
-    def step(i, carry):
-        cache, last_logits, positions, out = carry
+    def step(carry):
+        i, cache, last_logits, positions, out, done = carry
         token = sample_next(
             last_logits,
             jax.random.fold_in(rng, i),
@@ -100,17 +105,25 @@ def decode(
             top_k=top_k,
             top_p=top_p,
         )
+        token = jnp.where(done, fill, token)
         out = out.at[:, i].set(token)
+        if end_id is not None:
+            done = done | (token == end_id)
         logits, cache = model(token[:, None], positions, ones, deterministic=True, cache=cache)
-        return cache, logits[:, -1], positions + 1, out
+        return i + 1, cache, logits[:, -1], positions + 1, out, done
+
+    def unfinished(carry):
+        return (carry[0] < max_new_tokens) & ~jnp.all(carry[-1])
 
     carry = (
+        jnp.int32(0),
         cache,
         logits[:, -1],
         prompt_positions[:, -1:] + 1,
-        jnp.zeros((batch_size, max_new_tokens), jnp.int32),
+        jnp.full((batch_size, max_new_tokens), fill, jnp.int32),
+        jnp.zeros((batch_size,), bool),
     )
-    return jax.lax.fori_loop(0, max_new_tokens, step, carry)[-1]
+    return jax.lax.while_loop(unfinished, step, carry)[-2]
 
 
 def generate_ids(
@@ -124,8 +137,10 @@ def generate_ids(
     top_p: float = 1.0,
     seed: int = 0,
     pad_id: int = tokenizer_lib.END_OF_TEXT_ID,  # any id: left padding is masked out
+    end_id: int | None = tokenizer_lib.END_OF_TEXT_ID,
 ) -> np.ndarray:
-    """Continuations [len(prompts), max_new_tokens] of token-id prompts of any lengths."""
+    """Continuations [len(prompts), max_new_tokens] of token-id prompts of any lengths; a
+    continuation that reaches end_id (<|endoftext|>) is filled with end_id from there on."""
     ids, segments, positions = left_pad(prompts, pad_id)
     out = decode(
         graphdef,
@@ -138,6 +153,7 @@ def generate_ids(
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
+        end_id=None if end_id is None else int(end_id),
     )
     return np.asarray(jax.device_get(out))
 
@@ -186,6 +202,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         top_p=float(settings.top_p),
         seed=int(settings.seed),
         pad_id=eot,
+        end_id=eot,
     )
     outputs = []
     _log(f"generating from checkpoint step {step}")

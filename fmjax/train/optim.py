@@ -10,8 +10,12 @@ import optax
 
 from fmjax.errors import ConfigError
 
-# Parameters never decayed (BERT/GPT convention): biases and LayerNorm scales.
-NO_DECAY_NAMES = ("bias", "scale")
+
+# Parameters never decayed (BERT/GPT convention): every bias (`bias`, BERT's `mlm_bias`, ...)
+# and every LayerNorm parameter (`scale`, `bias`); also the contrastive logit scale.
+def is_decayed(name: str | None) -> bool:
+    """Whether AdamW decays the parameter whose (last) attribute name is `name`."""
+    return not (name is None or name == "scale" or name.endswith("bias"))
 
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -35,8 +39,19 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Sch
 
 def _decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) not in NO_DECAY_NAMES, params
+        lambda path, _: is_decayed(getattr(path[-1], "key", None)), params
     )
+
+
+def applied_learning_rate(schedule: optax.Schedule, opt_state: Any) -> Any:
+    """The learning rate of the optimizer's next update: the schedule at the optimizer's own
+    step count, which a skipped non-finite step does not advance (the train state's step does)."""
+    count = optax.tree_utils.tree_get(
+        opt_state,
+        "count",
+        filtering=lambda path, _: getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState",
+    )
+    return schedule(count)
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:

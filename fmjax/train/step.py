@@ -23,7 +23,7 @@ from fmjax.parallel.sharding import (
     optimizer_shardings,
     param_shardings,
 )
-from fmjax.train.optim import learning_rate_schedule, make_optimizer
+from fmjax.train.optim import applied_learning_rate, learning_rate_schedule, make_optimizer
 
 # Train state: a plain dict {"step": int32 scalar, "params": pure dict, "opt_state": optax state},
 # so Orbax, jit shardings and tree utilities see ordinary pytrees.
@@ -116,7 +116,11 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
         metrics = dict(
             metrics,
             grad_norm=(jnp.where(finite, grad_norm, 0.0), finite.astype(jnp.float32)),
-            learning_rate=(schedule(step), one),
+            # the rate the update used; a skipped step applied none (optim.applied_learning_rate)
+            learning_rate=(
+                jnp.where(finite, applied_learning_rate(schedule, state["opt_state"]), 0.0),
+                finite.astype(jnp.float32),
+            ),
             nonfinite=(1.0 - finite.astype(jnp.float32), one),
         )
         return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics

@@ -114,7 +114,9 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
     halt_on_nonfinite = config.train.nonfinite == "halt"
     summary: dict[str, float] = {}
     pending: list[dict] = []
-    window_start, window_steps = time.perf_counter(), 0
+    # A throughput window spans the train steps since the last log, minus `paused` (eval and
+    # checkpoint seconds): tokens/s and MFU measure training alone.
+    window_start, window_steps, paused = time.perf_counter(), 0, 0.0
     batches = data.train.iterate(start_step)
     preemption = PreemptionWatcher(config.checkpoint.preemption_grace_seconds)
     progress = tqdm(
@@ -131,7 +133,9 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
             state, metrics = train_step(state, shard_batch(next(batches), run.mesh))
             pending.append(metrics)
             window_steps += 1
-            progress.update(1)
+            if len(pending) > 1:  # the bar counts finished steps; one step stays in flight
+                jax.block_until_ready(pending[-2])
+                progress.update(step - 1 - progress.n)
             if halt_on_nonfinite and float(metrics["nonfinite"][0]):
                 raise RunFailure(
                     f"non-finite loss or gradients at step {step} (the update was not applied); "
@@ -144,7 +148,8 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
                 skipped_steps += skipped
                 if skipped and jax.process_index() == 0:
                     progress.write(f"fmjax: skipped {skipped} non-finite update(s) before {step}")
-                seconds = (time.perf_counter() - window_start) / window_steps
+                progress.update(step - progress.n)
+                seconds = (time.perf_counter() - window_start - paused) / window_steps
                 values.update(
                     skipped_steps=skipped_steps,
                     tokens_per_s=tokens_per_step / seconds,
@@ -158,9 +163,12 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
                     loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:,.0f}"
                 )
                 summary.update({f"train_{k}": v for k, v in values.items() if v is not None})
-                pending, window_start, window_steps = [], time.perf_counter(), 0
+                pending, window_start, window_steps, paused = [], time.perf_counter(), 0, 0.0
             if step % eval_every == 0 or step == num_steps:
+                jax.block_until_ready(state)  # so `paused` counts the eval alone
+                eval_start = time.perf_counter()
                 values = run.evaluate(state["params"], data.eval_batches)
+                paused += time.perf_counter() - eval_start
                 writer.write(step, "eval", values)
                 summary.update({f"eval_{k}": v for k, v in values.items()})
                 if jax.process_index() == 0:  # tqdm.write prints even when the bar is disabled
@@ -174,6 +182,7 @@ def _train_loop(run: _Run, data: Any, workdir: str) -> dict[str, float]:
                 checkpoints.save(step, state, position, force=force)
                 # With async saves this is the device-to-host copy; writing goes on behind.
                 stall = time.perf_counter() - save_start
+                paused += stall
                 summary["checkpoint_stall_s_max"] = max(
                     stall, summary.get("checkpoint_stall_s_max", 0.0)
                 )
