@@ -13,7 +13,7 @@ from typing import Any
 
 from fmjax.errors import ConfigError
 
-KNOWN_CORPORA = ("shakespeare", "gcide", "tfds:<name>")
+KNOWN_CORPORA = ("shakespeare", "gcide", "modern_english", "tfds:<name>")
 
 
 @dataclasses.dataclass
@@ -61,6 +61,8 @@ def _prepared_builder(data_config: Any) -> Any:
         from fmjax.data.corpora.shakespeare import Shakespeare as builder_cls
     elif name == "gcide":
         from fmjax.data.corpora.gcide import Gcide as builder_cls
+    elif name == "modern_english":
+        from fmjax.data.corpora.modern_english import ModernEnglish as builder_cls
     else:
         raise ConfigError(
             f"unknown data.corpus={name!r}; known corpora: {', '.join(KNOWN_CORPORA)} "
