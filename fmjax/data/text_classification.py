@@ -25,6 +25,7 @@ import tokenizers
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.data.images import EvalBatches
+from fmjax.data.label_splits import select_splits
 from fmjax.data.labeled_files import is_files_dataset, read_labeled_splits
 from fmjax.data.pipeline import Loader, make_loader
 from fmjax.data.prepared import corpus_dir_name
@@ -199,6 +200,7 @@ def labeled_data(config: Any) -> tuple[dict, tuple[str, ...], dict]:
 def build_text_classification_data(config: Any) -> TextClassificationData:
     """The shuffled train loader, the whole test split for eval, and provenance."""
     splits, class_names, provenance = labeled_data(config)
+    splits, eval_split, selection = select_splits(splits, config.data, int(config.seed))
     num_classes = int(config.model.num_classes)
     if num_classes != len(class_names):
         raise ConfigError(
@@ -219,10 +221,11 @@ def build_text_classification_data(config: Any) -> TextClassificationData:
         encoded["train"], classification_example, global_batch_size=batch_size, seed=seed
     )
     held_out = HeldOutText(
-        EvalBatches(encoded["test"], classification_example, batch_size, seed), class_names
+        EvalBatches(encoded[eval_split], classification_example, batch_size, seed), class_names
     )
     provenance = {
         **provenance,
+        "splits": selection,
         "num_truncated_texts": num_cut,  # per split: longer than data.seq_len tokens
         "tokenizer": {
             "path": path,
