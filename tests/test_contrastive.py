@@ -15,9 +15,9 @@ from flax import nnx
 
 from fmjax.data.corpora import is_validation
 from fmjax.data.corpora.emoji import CLASS_NAMES, VALIDATION_FRACTION, coarse_label
-from fmjax.data.images import EvalBatches
-from fmjax.data.pairs import HeldOutPairs, build_pair_data, encode_texts, random_shift_crop
+from fmjax.data.pairs import build_pair_data, encode_texts, random_shift_crop
 from fmjax.data.pipeline import example_rng
+from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
@@ -172,10 +172,12 @@ def test_evaluate_embeds_the_whole_split_in_padded_batches():
     rows["labels"] = rng.integers(0, len(CLASS_NAMES), size=13).astype(np.int32)
     source = [{k: v[i] for k, v in rows.items()} for i in range(13)]
     prompts = random_pair_batch(task, len(CLASS_NAMES) - 1, 1024, seed=4)["input_ids"]
-    held_out = HeldOutPairs(
-        batches=EvalBatches(source, lambda example, rng: dict(example), 8, seed=0),
+    held_out = TaskData(
+        train=None,
+        eval_batches=EvalBatches(source, lambda example, rng: dict(example), 8, seed=0),
+        provenance={},
         class_names=CLASS_NAMES[:-1],
-        prompt_ids=prompts,
+        class_prompt_ids=prompts,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         program = build_program(config, task, mesh)
@@ -274,7 +276,7 @@ def test_emoji_data_from_the_real_font(shared_data_dir):
     assert abs(held_out - VALIDATION_FRACTION) < 0.03
     assert prov["num_truncated_train_captions"] == 0
     assert len(prov["tokenizer"]["sha256"]) == 64
-    batches = data.eval_batches.batches
+    batches = data.eval_batches
     assert batches.num_examples == prov["num_validation_examples"]
     source = batches.source.source
     for i in range(0, len(source), 17):
@@ -284,7 +286,7 @@ def test_emoji_data_from_the_real_font(shared_data_dir):
         assert is_validation(caption, VALIDATION_FRACTION)
         assert example["label"] == coarse_label(caption)
         assert example["image"].shape == (32, 32, 3) and example["image"].min() < 200
-    assert data.eval_batches.prompt_ids.shape == (len(CLASS_NAMES) - 1, config.data.seq_len)
+    assert data.class_prompt_ids.shape == (len(CLASS_NAMES) - 1, config.data.seq_len)
     train = data.train.batch(0)
     assert train["images"].shape == (32, 32, 32, 3) and train["input_ids"].shape == (32, 16)
     assert -1.0 <= train["images"].min() and train["images"].max() <= 1.0

@@ -170,10 +170,10 @@ import json, sys
 import numpy as np
 from fmjax.experiments import experiment_config
 from fmjax.train.checkpoint import Checkpointer
-from fmjax.train.trainer import _Run
+from fmjax.train.run import open_run
 config = experiment_config(sys.argv[1], "smoke")
 config.mesh.update(json.loads(sys.argv[3]))
-with _Run(config) as run:
+with open_run(config) as run:
     state, _, step = Checkpointer(sys.argv[2], 3, 3).restore_latest(run.program.abstract_state)
     kernel = state["params"]["encoder"]["layers"][0]["mlp"]["wi"]["kernel"]
     print(json.dumps({"step": step, "devices": len(kernel.sharding.device_set)}))

@@ -25,16 +25,13 @@ from fmjax.data.corpora.wordnet_supersenses import LEXNAMES, WordnetSupersenses,
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models.bert import Bert
+from fmjax.params_io import flat_names, resolve_checkpoint, stacked_layers, unrolled_shapes
 from fmjax.tasks.text_classification import classification_metrics, confusion_matrix
 from fmjax.tools import attributions, compress
 from fmjax.train import trainer
 from fmjax.train.checkpoint import Checkpointer
-from fmjax.train.init_from import (
-    flat_names,
-    init_from_pretrained,
-    resolve_checkpoint,
-    unrolled_shapes,
-)
+from fmjax.train.init_from import init_from_pretrained
+from fmjax.train.run import open_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIVE = ("wonderful", "delightful", "moving", "brilliant", "charming")
@@ -252,7 +249,7 @@ def pretrained(tmp_path_factory):
 
 def fine_tune_state(config, pretrained_workdir):
     """(fresh state, state after init_from, params names copied) of a smoke classifier."""
-    with trainer._Run(config) as run:
+    with open_run(config) as run:
         fresh = jax.device_get(run.program.init_state())
         state, copied, step = init_from_pretrained(
             pretrained_workdir,
@@ -273,8 +270,6 @@ def test_init_from_copies_the_encoder_exactly_and_keeps_a_fresh_head(
     fresh, state, copied = fine_tune_state(config, pretrained["workdir"])
     saved = flat_names(pretrained["params"])
     if scan_layers:
-        from fmjax.tools.workdir import stacked_layers
-
         saved = flat_names(stacked_layers(pretrained["params"]))
     new, initial = flat_names(state["params"]), flat_names(fresh["params"])
     assert set(copied) == set(new) & set(saved)

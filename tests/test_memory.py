@@ -15,9 +15,9 @@ from fmjax.config import check_workdir, validate_config
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models import build_model
-from fmjax.models.transformer import stack_layer_params, unstack_layer_params
 from fmjax.parallel.mesh import make_mesh
 from fmjax.parallel.sharding import shard_batch
+from fmjax.params_io import stack_layers, unstack_layers
 from fmjax.tasks import build_task
 from fmjax.train.generate import generate_ids
 from fmjax.train.step import build_program
@@ -43,7 +43,7 @@ def build(model_config, seed: int = 0) -> nnx.Module:
 
 def to_scan_layout(params: dict, stack: str) -> dict:
     """Unrolled params -> the same weights in the scan_layers=True layout."""
-    stacked = stack_layer_params(params[stack]["layers"])
+    stacked = stack_layers(params[stack]["layers"])
     return {**params, stack: {**params[stack], "layers": stacked}}
 
 
@@ -206,7 +206,7 @@ def test_scan_layers_equals_the_unrolled_stack(family, experiment):
         rtol=1e-5,
         atol=1e-6,
     )
-    restored = unstack_layer_params(stack_layer_params(params[stack]["layers"]))
+    restored = unstack_layers(stack_layers(params[stack]["layers"]))
     jax.tree.map(np.testing.assert_array_equal, restored, params[stack]["layers"])
 
 

@@ -27,6 +27,7 @@ from fmjax.experiments import experiment_config  # noqa: E402
 from fmjax.tools import export_hf, import_hf, model_card  # noqa: E402
 from fmjax.tools.workdir import load_run, make_model  # noqa: E402
 from fmjax.train import generate, trainer  # noqa: E402
+from fmjax.train.run import open_run  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGLISH = [
@@ -258,7 +259,8 @@ def test_continue_mlm_on_a_published_bert_then_export(english_bert, tmp_path, sh
     workdir = str(tmp_path / "adapted")
     summary, log = run_quietly(trainer.train, config, workdir)
     assert np.isfinite(summary["eval_loss"]) and "initialized" in log
-    data = trainer._Run(config).task.build_data()
+    with open_run(config) as run:
+        data = run.build_data()
     batch = next(data.train.iterate(0))
     assert (batch["input_ids"][:, 0] == 101).all() and (batch["input_ids"] == 103).any()
     assert not np.isin(
@@ -392,7 +394,8 @@ def test_tokenizer_follows_init_from_and_errors_blame_the_field_set(tmp_path):
         pretrained_tokenizer_path(config)
     config = experiment("classify.py")
     with pytest.raises(ConfigError, match="set --config.train.init_from"):
-        trainer._Run(config)
+        with open_run(config):
+            pass
 
 
 def test_import_refuses_pickle_with_the_conversion_command(tmp_path):

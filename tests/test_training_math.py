@@ -19,6 +19,7 @@ from fmjax.tasks import build_task
 from fmjax.train import trainer
 from fmjax.train.generate import generate_ids
 from fmjax.train.optim import _decay_mask, learning_rate_schedule
+from fmjax.train.run import Run
 from fmjax.train.step import build_program
 
 
@@ -151,8 +152,8 @@ def test_throughput_excludes_eval_and_checkpoints_and_the_bar_counts_finished_st
     clock = _FakeClock()
     monkeypatch.setattr(trainer, "time", clock)
     dispatched, bar_positions = [0], []
-    compile_train_step = trainer._Run.compile_train_step
-    evaluate = trainer._Run.evaluate
+    compile_train_step = Run.compile_train_step
+    evaluate = Run.evaluate
     save = trainer.Checkpointer.save
 
     def compiled(run):
@@ -177,8 +178,8 @@ def test_throughput_excludes_eval_and_checkpoints_and_the_bar_counts_finished_st
             super().update(n)
             bar_positions.append((self.n, dispatched[0]))
 
-    monkeypatch.setattr(trainer._Run, "compile_train_step", compiled)
-    monkeypatch.setattr(trainer._Run, "evaluate", slow(evaluate, 1000.0))
+    monkeypatch.setattr(Run, "compile_train_step", compiled)
+    monkeypatch.setattr(Run, "evaluate", slow(evaluate, 1000.0))
     monkeypatch.setattr(trainer.Checkpointer, "save", slow(save, 500.0))
     monkeypatch.setattr(trainer, "tqdm", RecordingBar)
     trainer.train(config, str(tmp_path / "run"))

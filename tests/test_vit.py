@@ -11,13 +11,13 @@ import pytest
 
 from fmjax.data.corpora.fashion_mnist import SPLIT_FILES, read_idx, write_idx
 from fmjax.data.images import (
-    EvalBatches,
     build_image_data,
     fashion_mnist_example,
     inception_crop_box,
     random_crop,
 )
 from fmjax.data.pipeline import example_rng
+from fmjax.data.task_data import EvalBatches
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models.vit import patchify, unpatchify

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -11,23 +10,13 @@ import tokenizers
 import tqdm
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.pipeline import Loader, fixed_batches, make_loader
+from fmjax.data.pipeline import fixed_batches, make_loader
 from fmjax.data.prepared import corpus_dir, prepare_tokenized_corpus
+from fmjax.data.task_data import TaskData
 from fmjax.data.text import causal_lm_example, pack_documents
 from fmjax.errors import ConfigError
 
 ENCODE_CHUNK = 64  # documents per encode_batch call (one progress-bar tick)
-
-
-@dataclasses.dataclass
-class ClmData:
-    """Everything the trainer (and generation) needs for causal-LM pretraining."""
-
-    train: Loader
-    eval_batches: list[dict[str, np.ndarray]]
-    tokenizer: tokenizers.Tokenizer
-    vocab_size: int
-    provenance: dict
 
 
 def tokenizer_path(config: Any) -> str:
@@ -77,7 +66,7 @@ def _pack_split(config: Any):
     return pack
 
 
-def build_clm_data(config: Any) -> ClmData:
+def build_clm_data(config: Any) -> TaskData:
     """Builds (or loads from the data dir cache) the causal-LM train loader and eval batches."""
     seq_len, vocab = int(config.data.seq_len), int(config.model.vocab_size)
     prepared = prepare_tokenized_corpus(
@@ -103,12 +92,11 @@ def build_clm_data(config: Any) -> ClmData:
         num_batches=int(config.train.eval_batches),
         seed=int(config.seed),
     )
-    return ClmData(
+    return TaskData(
         train=train,
         eval_batches=eval_batches,
-        tokenizer=prepared.tokenizer,
-        vocab_size=prepared.vocab_size,
         provenance={**prepared.provenance, "seq_len": seq_len},
+        tokenizer=prepared.tokenizer,
     )
 
 

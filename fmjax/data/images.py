@@ -13,62 +13,22 @@ crop and flip are a pure function of (seed, stream position).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from fmjax.data.corpora import open_prepared_tfds
-from fmjax.data.pipeline import Loader, example_rng, make_loader
+from fmjax.data.pipeline import make_loader
+from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the 60,000 training pixels in [0, 1]
 IMAGENET_RESIZE_RATIO = 256 / 224  # eval: short side to 256 for a 224 crop (standard)
 KNOWN_DATASETS = ("fashion_mnist", "tfds:<name> (e.g. tfds:imagenet2012)")
-
-
-@dataclasses.dataclass
-class ImageData:
-    """Everything the trainer needs for image classification."""
-
-    train: Loader
-    eval_batches: Sequence[dict[str, np.ndarray]]
-    num_classes: int
-    provenance: dict
-
-
-class EvalBatches(Sequence):
-    """Every example of an eval split in order, in batches of batch_size; built on access.
-
-    The last batch is padded with copies of example 0 at weight 0, so metrics weighted by
-    `weights` count each real image exactly once.
-    """
-
-    def __init__(self, source: Any, transform: Callable, batch_size: int, seed: int):
-        if len(source) == 0:
-            raise ConfigError("the evaluation split is empty; check data.dataset")
-        self.source, self.transform = source, transform
-        self.batch_size, self.seed = batch_size, seed
-        self.num_examples = len(source)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        start = index * self.batch_size
-        rows = []
-        for i in range(start, start + self.batch_size):
-            real = i < self.num_examples
-            row = self.transform(self.source[i if real else 0], example_rng(self.seed, i))
-            row["weights"] = np.float32(1.0 if real else 0.0)
-            rows.append(row)
-        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
 # --- augmentation and normalization (pure functions of an image and an rng) ---
@@ -244,7 +204,7 @@ def _tfds_images(config: Any, tfds_name: str) -> tuple[Any, Any, Callable, Calla
     )
 
 
-def build_image_data(config: Any) -> ImageData:
+def build_image_data(config: Any) -> TaskData:
     """The train loader, the full eval split in fixed batches, and provenance for config.data."""
     name = str(config.data.get("dataset", ""))
     if name == "fashion_mnist":
@@ -272,6 +232,4 @@ def build_image_data(config: Any) -> ImageData:
     # Eval takes no randomness, but the transform signature carries an rng all the same.
     eval_batches = EvalBatches(eval_source, eval_transform, batch_size, seed)
     provenance["num_eval_batches"] = len(eval_batches)
-    return ImageData(
-        train=train, eval_batches=eval_batches, num_classes=num_classes, provenance=provenance
-    )
+    return TaskData(train=train, eval_batches=eval_batches, provenance=provenance)

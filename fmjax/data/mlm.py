@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -11,23 +10,13 @@ import tokenizers
 import tqdm
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.pipeline import Loader, fixed_batches, make_loader
+from fmjax.data.pipeline import fixed_batches, make_loader
 from fmjax.data.prepared import prepare_tokenized_corpus
+from fmjax.data.task_data import TaskData
 from fmjax.data.text import mask_for_mlm, pack_sentences
 
 ENCODE_CHUNK = 8192  # sentences per encode_batch call (one progress-bar tick)
 EVAL_SEED_OFFSET = 1_000_003  # eval masking uses its own stream, fixed for the whole run
-
-
-@dataclasses.dataclass
-class MlmData:
-    """Everything the trainer needs for masked-LM pretraining."""
-
-    train: Loader
-    eval_batches: list[dict[str, np.ndarray]]
-    tokenizer: tokenizers.Tokenizer
-    vocab_size: int
-    provenance: dict
 
 
 def encode_documents(
@@ -59,7 +48,7 @@ def _pack_split(config: Any):
     return pack
 
 
-def build_mlm_data(config: Any) -> MlmData:
+def build_mlm_data(config: Any) -> TaskData:
     """Builds (or loads from the data dir cache) the MLM train loader and fixed eval batches."""
     seq_len, vocab = int(config.data.seq_len), int(config.model.vocab_size)
     prepared = prepare_tokenized_corpus(
@@ -93,12 +82,11 @@ def build_mlm_data(config: Any) -> MlmData:
         num_batches=int(config.train.eval_batches),
         seed=int(config.seed) + EVAL_SEED_OFFSET,
     )
-    return MlmData(
+    return TaskData(
         train=train,
         eval_batches=eval_batches,
-        tokenizer=prepared.tokenizer,
-        vocab_size=prepared.vocab_size,
         provenance={**prepared.provenance, "seq_len": seq_len},
+        tokenizer=prepared.tokenizer,
     )
 
 

@@ -8,7 +8,6 @@ held-out split in order, un-augmented, plus one text prompt per zero-shot class.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -18,34 +17,14 @@ import numpy as np
 import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.corpora import sha256_file
-from fmjax.data.images import EvalBatches, normalize
-from fmjax.data.pipeline import Loader, make_loader
+from fmjax.data.images import normalize
+from fmjax.data.pipeline import make_loader
+from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
 
 KNOWN_DATASETS = ("emoji",)
 ZERO_SHOT_TEMPLATE = "an emoji of a {}"
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # pixels to [-1, 1], as big_vision's image towers expect
-
-
-@dataclasses.dataclass
-class HeldOutPairs:
-    """The held-out split for retrieval and zero-shot evaluation."""
-
-    batches: EvalBatches  # every held-out pair in order; padding rows have weight 0
-    class_names: tuple[str, ...]  # zero-shot classes (without "other")
-    prompt_ids: np.ndarray  # int32 [num_classes, seq_len]: ZERO_SHOT_TEMPLATE per class
-
-
-@dataclasses.dataclass
-class PairData:
-    """Everything the trainer needs for contrastive image-text pretraining."""
-
-    train: Loader
-    eval_batches: HeldOutPairs
-    tokenizer: tokenizers.Tokenizer
-    vocab_size: int
-    provenance: dict
 
 
 def encode_texts(
@@ -118,7 +97,7 @@ def tokenizer_path(config: Any) -> str:
     return os.path.join(data_dir, str(config.data.dataset), f"wordpiece-{vocab}.json")
 
 
-def build_pair_data(config: Any) -> PairData:
+def build_pair_data(config: Any) -> TaskData:
     """The train loader, the held-out split with zero-shot prompts, and provenance."""
     from fmjax.data.corpora.emoji import CLASS_NAMES, IMAGE_SIZE, OTHER_LABEL, Emoji
 
@@ -174,15 +153,11 @@ def build_pair_data(config: Any) -> PairData:
         global_batch_size=batch_size,
         seed=seed,
     )
-    held_out = HeldOutPairs(
-        batches=EvalBatches(
-            pairs["validation"],
-            functools.partial(pair_example, train=False, crop_padding=0),
-            batch_size,
-            seed,
-        ),
-        class_names=class_names,
-        prompt_ids=encode_texts(tok, prompts, seq_len),
+    held_out = EvalBatches(
+        pairs["validation"],
+        functools.partial(pair_example, train=False, crop_padding=0),
+        batch_size,
+        seed,
     )
     truncated = int(sum(len(e.ids) > seq_len for e in tok.encode_batch(captions["train"])))
     provenance = {
@@ -193,17 +168,13 @@ def build_pair_data(config: Any) -> PairData:
         "augmentation": {"crop_padding": crop_padding},
         "zero_shot_template": ZERO_SHOT_TEMPLATE,
         "num_truncated_train_captions": truncated,
-        "tokenizer": {
-            "path": path,
-            "sha256": sha256_file(path),
-            "kind": "wordpiece",
-            "vocab_size": tok.get_vocab_size(),
-        },
+        "tokenizer": tokenizer_lib.tokenizer_provenance(tok, path, "wordpiece"),
     }
-    return PairData(
+    return TaskData(
         train=train,
         eval_batches=held_out,
-        tokenizer=tok,
-        vocab_size=tok.get_vocab_size(),
         provenance=provenance,
+        tokenizer=tok,
+        class_names=class_names,
+        class_prompt_ids=encode_texts(tok, prompts, seq_len),
     )

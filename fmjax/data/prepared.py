@@ -12,7 +12,11 @@ import numpy as np
 import tokenizers
 
 from fmjax.data.corpora import corpus_provenance, load_corpus, sha256_file
-from fmjax.data.tokenizer import load_tokenizer_file, pretrained_tokenizer_path
+from fmjax.data.tokenizer import (
+    load_tokenizer_file,
+    pretrained_tokenizer_path,
+    tokenizer_provenance,
+)
 from fmjax.errors import ConfigError
 
 SPLITS = ("train", "validation")
@@ -101,12 +105,7 @@ def prepare_tokenized_corpus(
             )
     provenance = {
         **provenance,
-        "tokenizer": {
-            "path": tokenizer_path,
-            "sha256": sha256_file(tokenizer_path),
-            "kind": tokenizer_kind,
-            "vocab_size": vocab_size,
-        },
+        "tokenizer": tokenizer_provenance(tokenizer, tokenizer_path, tokenizer_kind),
         "num_train_sequences": int(arrays["train"].shape[0]),
         "num_eval_sequences": int(arrays["validation"].shape[0]),
         "sequence_files": {split: os.path.basename(path) for split, path in cache.items()},

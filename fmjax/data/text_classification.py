@@ -23,40 +23,14 @@ import numpy as np
 import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.corpora import sha256_file
-from fmjax.data.images import EvalBatches
 from fmjax.data.label_splits import select_splits
 from fmjax.data.labeled_files import is_files_dataset, read_labeled_splits
-from fmjax.data.pipeline import Loader, make_loader
+from fmjax.data.pipeline import make_loader
 from fmjax.data.prepared import corpus_dir_name
+from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
 
 KNOWN_DATASETS = ("rotten_tomatoes", "wordnet_supersenses", "files:/path/train.csv")
-
-
-@dataclasses.dataclass
-class HeldOutText:
-    """The whole test split in order, in padded batches (weight 0 rows), and the class names."""
-
-    batches: EvalBatches
-    class_names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return (self.batches[i] for i in range(len(self.batches)))
-
-
-@dataclasses.dataclass
-class TextClassificationData:
-    """Everything the trainer needs for text classification."""
-
-    train: Loader
-    eval_batches: HeldOutText
-    tokenizer: tokenizers.Tokenizer
-    vocab_size: int
-    provenance: dict
 
 
 class EncodedTexts(Sequence):
@@ -197,7 +171,7 @@ def labeled_data(config: Any) -> tuple[dict, tuple[str, ...], dict]:
     return splits, class_names, provenance
 
 
-def build_text_classification_data(config: Any) -> TextClassificationData:
+def build_text_classification_data(config: Any) -> TaskData:
     """The shuffled train loader, the whole test split for eval, and provenance."""
     splits, class_names, provenance = labeled_data(config)
     splits, eval_split, selection = select_splits(splits, config.data, int(config.seed))
@@ -220,25 +194,20 @@ def build_text_classification_data(config: Any) -> TextClassificationData:
     train = make_loader(
         encoded["train"], classification_example, global_batch_size=batch_size, seed=seed
     )
-    held_out = HeldOutText(
-        EvalBatches(encoded[eval_split], classification_example, batch_size, seed), class_names
-    )
+    held_out = EvalBatches(encoded[eval_split], classification_example, batch_size, seed)
     provenance = {
         **provenance,
         "splits": selection,
         "num_truncated_texts": num_cut,  # per split: longer than data.seq_len tokens
         "tokenizer": {
-            "path": path,
-            "sha256": sha256_file(path),
-            "kind": "wordpiece",
-            "vocab_size": tok.get_vocab_size(),
+            **tokenizer_lib.tokenizer_provenance(tok, path, "wordpiece"),
             "special_ids": dataclasses.asdict(special),
         },
     }
-    return TextClassificationData(
+    return TaskData(
         train=train,
         eval_batches=held_out,
-        tokenizer=tok,
-        vocab_size=tok.get_vocab_size(),
         provenance=provenance,
+        tokenizer=tok,
+        class_names=tuple(class_names),
     )

@@ -10,12 +10,14 @@ special id from the tokenizer itself (`wordpiece_special_ids`, `end_of_text_id`)
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterable
 
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from fmjax.data.corpora import sha256_file
 from fmjax.errors import ConfigError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -106,8 +108,7 @@ def pretrained_tokenizer_path(config) -> str:
         ("train.init_from", config.train.get("init_from", "")),
     ):
         if source:
-            from fmjax.tools.workdir import tokenizer_of
-            from fmjax.train.init_from import resolve_checkpoint
+            from fmjax.params_io import resolve_checkpoint
 
             workdir, _, step = resolve_checkpoint(str(source), field=field)
             return tokenizer_of(workdir, step)[1]
@@ -185,3 +186,44 @@ def _save(tok: tokenizers.Tokenizer, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     tok.save(tmp)
     os.replace(tmp, path)
+
+
+def tokenizer_provenance(tok: tokenizers.Tokenizer, path: str, kind: str) -> dict:
+    """What manifest.json records of a tokenizer: its file, sha256 (checked on resume), kind
+    ("wordpiece" or "byte_bpe") and vocabulary size."""
+    return {
+        "path": path,
+        "sha256": sha256_file(path),
+        "kind": kind,
+        "vocab_size": tok.get_vocab_size(),
+    }
+
+
+def tokenizer_of(workdir: str, step: int | None = None) -> tuple[tokenizers.Tokenizer, str]:
+    """The run's HF tokenizer (path from manifest.json), checked against the checkpoint's sha256."""
+    manifest_path = os.path.join(workdir, "manifest.json")
+    manifest = {}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    path = ((manifest.get("data") or {}).get("tokenizer") or {}).get("path")
+    own_copy = os.path.join(workdir, "tokenizer.json")  # import_hf's; follows a moved workdir
+    if (not path or not os.path.exists(path)) and os.path.exists(own_copy):
+        path = own_copy
+    if not path:
+        raise ConfigError(f"{workdir}/manifest.json names no tokenizer (a text model's run?)")
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"tokenizer {path} of {workdir} is missing; restore it (or point "
+            "manifest.json's data.tokenizer.path at a copy)"
+        )
+    if step is not None:
+        from fmjax.params_io import checkpoint_data_state  # orbax: only when a step is given
+
+        expected = checkpoint_data_state(workdir, step).get("tokenizer_sha256")
+        if expected and sha256_file(path) != expected:
+            raise ConfigError(
+                f"tokenizer {path} is not the one checkpoint step {step} was trained with "
+                f"(sha256 {expected[:12]}...); restore the original tokenizer file"
+            )
+    return tokenizers.Tokenizer.from_file(path), path

@@ -169,19 +169,6 @@ def stacked_blocks(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Bloc
     return create(rngs)
 
 
-def stack_layer_params(layers: dict) -> dict:
-    """Unrolled per-layer params {0: tree, 1: tree, ...} -> one tree of [num_layers, ...] arrays
-    (the scan_layers=True layout of the same weights; converts checkpoints between layouts)."""
-    trees = [layers[i] for i in sorted(layers, key=int)]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def unstack_layer_params(stacked: dict) -> dict:
-    """The inverse of stack_layer_params: {0: tree, 1: tree, ...} of a stacked tree."""
-    num_layers = jax.tree.leaves(stacked)[0].shape[0]
-    return {i: jax.tree.map(lambda leaf, i=i: leaf[i], stacked) for i in range(num_layers)}
-
-
 def scale_residual_projections(stack: Stack, num_layers: int) -> None:
     """GPT-2's scaled residual init: multiplies each block's attention and MLP output kernels
     (drawn from N(0, 0.02)) by 1/sqrt(2 * num_layers), so they are N(0, 0.02/sqrt(2L)) and the

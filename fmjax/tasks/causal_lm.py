@@ -7,20 +7,24 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
+from fmjax.data.task_data import TaskData
+from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
+from fmjax.tasks.losses import weighted_cross_entropy
 
-class CausalLanguageModeling:
+
+class CausalLanguageModeling(Task):
     """Predict every token of a packed document from the tokens before it."""
 
     name = "causal_lm"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         self.seq_len = int(config.data.seq_len)
 
-    def build_data(self):
+    def build_data(self) -> TaskData:
         """Corpus -> byte-level BPE -> packed documents -> batches (see fmjax.data.clm)."""
         from fmjax.data.clm import build_clm_data
 
@@ -39,7 +43,7 @@ class CausalLanguageModeling:
 
     def loss_and_metrics(
         self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+    ) -> tuple[jax.Array, Metrics]:
         """Mean next-token cross-entropy over weighted positions, and (sum, count) metrics."""
         logits = model(
             batch["input_ids"],
@@ -47,15 +51,8 @@ class CausalLanguageModeling:
             batch["segment_ids"],
             deterministic=deterministic,
             rngs=rngs,
-        ).astype(jnp.float32)
-        weights = batch["loss_weights"]
-        targets = batch["target_ids"]
-        token_losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        loss_sum = jnp.sum(token_losses * weights)
-        count = jnp.sum(weights)
-        correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
-        loss = loss_sum / jnp.maximum(count, 1.0)
-        return loss, {"loss": (loss_sum, count), "accuracy": (correct, count)}
+        )
+        return weighted_cross_entropy(logits, batch["target_ids"], batch["loss_weights"])
 
     def derived_metrics(self, values: dict[str, float]) -> dict[str, float]:
         """Perplexity = exp(mean token loss) of evaluated values."""
@@ -65,19 +62,9 @@ class CausalLanguageModeling:
         return self.seq_len
 
     def train_flops_per_example(self) -> float:
-        """Model FLOPs of one training row (forward + backward = 3 x forward).
-
-        Forward, counting 2 FLOPs per multiply-add and only matmuls (embedding lookups, norms,
-        softmax and the optimizer are ignored, as in the PaLM/MaxText MFU convention; the causal
-        mask is not discounted, since the dense attention computes all L x L scores):
-          per token and layer: 2 * (4 * d * h * k + 2 * d * f)   q, k, v, out projections; MLP
-                               + 2 * 2 * L * h * k                 Q·Kᵀ and probs·V
-          per token:           2 * d * V                           LM head (tied or not)
-        with d = embed_dim, h = num_heads, k = head_dim, f = mlp_dim, L = seq_len, V = vocab.
-        """
+        """The decoder's FLOPs (fmjax.tasks.flops) over seq_len tokens, plus the LM head
+        (tied or not) at every token: 2 * d * V."""
         model = self.config.model
-        d, h, k = model.embed_dim, model.num_heads, model.head_dim
-        f, vocab, length = model.mlp_dim, model.vocab_size, self.seq_len
-        per_token_layer = 2 * (4 * d * h * k + 2 * d * f) + 4 * length * h * k
-        per_token = model.num_layers * per_token_layer + 2 * d * vocab
-        return 3.0 * length * per_token
+        head = self.seq_len * 2 * model.embed_dim * model.vocab_size
+        decoder = transformer_forward_flops(model, self.seq_len)
+        return TRAIN_FLOPS_PER_FORWARD * (decoder + head)

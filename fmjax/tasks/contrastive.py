@@ -16,18 +16,23 @@ embeds closest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
+from fmjax.data.task_data import TaskData, array_batches
 from fmjax.errors import ConfigError
 from fmjax.models.vit import num_patches, num_tokens
-from fmjax.parallel.sharding import constrain, shard_batch
+from fmjax.parallel.sharding import constrain
+from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
+
+if TYPE_CHECKING:
+    from fmjax.train.step import TrainProgram
 
 LOSSES = ("clip", "siglip")
 RECALL_AT = (1, 5)
@@ -73,7 +78,7 @@ def recall_at_k(similarities: np.ndarray, k: int) -> float:
     return float(np.mean(rank < k))
 
 
-class ContrastiveImageText:
+class ContrastiveImageText(Task):
     """Match each image with its caption among all pairs of the global batch."""
 
     name = "contrastive"
@@ -81,16 +86,15 @@ class ContrastiveImageText:
     supports_grad_accum = False
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         self.loss = str(config.task.get("loss", "clip"))
         if self.loss not in LOSSES:
             raise ConfigError(f"task.loss must be one of {LOSSES}, got {self.loss!r}")
         image = config.model.image
         self.image_shape = (int(image.image_size), int(image.image_size), int(image.num_channels))
         self.seq_len = int(config.data.seq_len)
-        self._encoders: dict[int, tuple[Any, Any]] = {}
 
-    def build_data(self):
+    def build_data(self) -> TaskData:
         """Emoji pairs, the held-out split and zero-shot prompts (see fmjax.data.pairs)."""
         from fmjax.data.pairs import build_pair_data
 
@@ -110,7 +114,7 @@ class ContrastiveImageText:
 
     def loss_and_metrics(
         self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+    ) -> tuple[jax.Array, Metrics]:
         """Mean loss over the global batch, in-batch retrieval accuracy, scale and bias."""
         image_embeddings, text_embeddings = model(
             batch["images"], batch["input_ids"], deterministic=deterministic, rngs=rngs
@@ -139,54 +143,24 @@ class ContrastiveImageText:
 
     # --- evaluation over the whole held-out split -------------------------------------------
 
-    def _encoder_fns(self, program: Any) -> tuple[Any, Any]:
-        """Jitted (params, images) -> image embeddings and (params, ids) -> text embeddings."""
-        key = id(program)
-        if key not in self._encoders:
-            params_sharding = program.state_shardings["params"]
-            replicated = NamedSharding(program.mesh, PartitionSpec())
+    def embed_pairs(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, ...]:
+        """(image embeddings, text embeddings, labels) of a held-out batch."""
+        images = model.encode_images(batch["images"], deterministic=True)
+        return images, model.encode_texts(batch["input_ids"], deterministic=True), batch["labels"]
 
-            def images_fn(params, images):
-                model = nnx.merge(program.graphdef, params)
-                return model.encode_images(images, deterministic=True)
+    def embed_texts(self, model: nnx.Module, batch: dict) -> jax.Array:
+        """Text embeddings of a batch of token ids (the zero-shot prompts)."""
+        return model.encode_texts(batch["input_ids"], deterministic=True)
 
-            def texts_fn(params, input_ids):
-                model = nnx.merge(program.graphdef, params)
-                return model.encode_texts(input_ids, deterministic=True)
-
-            self._encoders[key] = tuple(
-                jax.jit(
-                    fn,
-                    in_shardings=(params_sharding, program.batch_sharding),
-                    out_shardings=replicated,
-                )
-                for fn in (images_fn, texts_fn)
-            )
-        return self._encoders[key]
-
-    def _embed(self, fn: Any, params: Any, rows: np.ndarray, mesh: Any) -> np.ndarray:
-        """fn over `rows` in padded global batches of train.batch_size; [len(rows), D]."""
-        batch_size = int(self.config.train.batch_size)
-        out = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            padded = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), 0)])
-            local = np.array_split(padded, jax.process_count())[jax.process_index()]
-            out.append(np.asarray(fn(params, shard_batch({"x": local}, mesh)["x"]))[: len(chunk)])
-        return np.concatenate(out)
-
-    def evaluate(self, program: Any, params: Any, held_out: Any) -> dict[str, float]:
+    def evaluate(self, program: TrainProgram, params: Any, data: TaskData) -> dict[str, float]:
         """Retrieval recall@k both ways, loss over all held-out pairs, zero-shot accuracy."""
-        images_fn, texts_fn = self._encoder_fns(program)
-        batches = [held_out.batches[i] for i in range(len(held_out.batches))]
-        real = np.concatenate([b["weights"] for b in batches]) > 0
-        images = np.concatenate([b["images"] for b in batches])[real]
-        input_ids = np.concatenate([b["input_ids"] for b in batches])[real]
-        labels = np.concatenate([b["labels"] for b in batches])[real]
-        image_embeddings = self._embed(images_fn, params, images, program.mesh)
-        text_embeddings = self._embed(texts_fn, params, input_ids, program.mesh)
-        prompt_embeddings = self._embed(texts_fn, params, held_out.prompt_ids, program.mesh)
-
+        image_embeddings, text_embeddings, labels = program.predict(
+            params, data.eval_batches, self.embed_pairs
+        )
+        prompts = array_batches(
+            {"input_ids": data.class_prompt_ids}, int(self.config.train.batch_size)
+        )
+        prompt_embeddings = program.predict(params, prompts, self.embed_texts)
         similarities = image_embeddings @ text_embeddings.T  # [N images, N texts]
         logit = params["logit"]
         scale = float(np.exp(jax.device_get(logit["scale"])))
@@ -196,7 +170,7 @@ class ContrastiveImageText:
         for k in RECALL_AT:
             values[f"image_to_text_recall_at_{k}"] = recall_at_k(similarities, k)
             values[f"text_to_image_recall_at_{k}"] = recall_at_k(similarities.T, k)
-        labeled = labels < len(held_out.class_names)
+        labeled = labels < len(data.class_names)
         if labeled.any():
             predicted = np.argmax(image_embeddings[labeled] @ prompt_embeddings.T, axis=1)
             values["zero_shot_accuracy"] = float(np.mean(predicted == labels[labeled]))
@@ -208,15 +182,9 @@ class ContrastiveImageText:
         return num_patches(self.config.model.image) + self.seq_len
 
     def train_flops_per_example(self) -> float:
-        """Model FLOPs of one training pair (forward + backward = 3 x forward).
-
-        Forward, counting 2 FLOPs per multiply-add and only matmuls (norms, softmax, pooling,
-        the loss's exp/log and the optimizer are ignored, as in the PaLM/MaxText MFU convention):
+        """Both towers' FLOPs (fmjax.tasks.flops: the image tower over T_i tokens = N patches,
+        + 1 with a class token; the text tower over L tokens), plus
           image patch embedding:  2 * N * P * d_i                     P = patch_size^2 * channels
-          per token and layer:    2 * (4 * d * h * k + 2 * d * f)     q, k, v, out; MLP
-                                  + 2 * 2 * T * h * k                 Q·Kᵀ and probs·V
-            over T_i image tokens (N patches, + 1 with a class token) and L text tokens,
-            each tower with its own d, h, k, f and layer count
           projections:            2 * d_i * D + 2 * d_t * D
           similarity logits:      2 * B * D                           the [B, B] matmul / B pairs
         with D = projection_dim and B = train.batch_size (the global batch: every pair is
@@ -224,19 +192,13 @@ class ContrastiveImageText:
         """
         model = self.config.model
         image, text = model.image, model.text
-
-        def encoder(tower: ml_collections.ConfigDict, tokens: int) -> float:
-            d, h, k, f = tower.embed_dim, tower.num_heads, tower.head_dim, tower.mlp_dim
-            per_token_layer = 2 * (4 * d * h * k + 2 * d * f) + 4 * tokens * h * k
-            return tokens * tower.num_layers * per_token_layer
-
         patch_dim = image.patch_size**2 * image.num_channels
         projection_dim, batch_size = model.projection_dim, int(self.config.train.batch_size)
         forward = (
             2 * num_patches(image) * patch_dim * image.embed_dim
-            + encoder(image, num_tokens(image))
-            + encoder(text, self.seq_len)
+            + transformer_forward_flops(image, num_tokens(image))
+            + transformer_forward_flops(text, self.seq_len)
             + 2 * (image.embed_dim + text.embed_dim) * projection_dim
             + 2 * batch_size * projection_dim
         )
-        return 3.0 * forward
+        return TRAIN_FLOPS_PER_FORWARD * forward

@@ -5,25 +5,28 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
+from fmjax.data.task_data import TaskData
 from fmjax.models.vit import num_patches, num_tokens
+from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
+from fmjax.tasks.losses import weighted_cross_entropy
 
 
-class ImageClassification:
+class ImageClassification(Task):
     """Predict one of model.num_classes labels per image; weights 0 mark padding rows."""
 
     name = "image_classification"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         model = config.model
         self.image_shape = (int(model.image_size), int(model.image_size), int(model.num_channels))
         self.num_classes = int(model.num_classes)
         self.label_smoothing = float(config.task.get("label_smoothing", 0.0))
 
-    def build_data(self):
+    def build_data(self) -> TaskData:
         """Augmented train batches and the full test split for eval (see fmjax.data.images)."""
         from fmjax.data.images import build_image_data
 
@@ -39,41 +42,26 @@ class ImageClassification:
 
     def loss_and_metrics(
         self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+    ) -> tuple[jax.Array, Metrics]:
         """Mean cross-entropy over weighted images, and (sum, count) loss and top-1 accuracy."""
-        logits = model(batch["images"], deterministic=deterministic, rngs=rngs).astype(jnp.float32)
-        labels, weights = batch["labels"], batch["weights"]
-        targets = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
-        if self.label_smoothing > 0.0:
-            targets = optax.smooth_labels(targets, self.label_smoothing)
-        example_losses = optax.softmax_cross_entropy(logits, targets)
-        loss_sum = jnp.sum(example_losses * weights)
-        count = jnp.sum(weights)
-        correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) * weights)
-        loss = loss_sum / jnp.maximum(count, 1.0)
-        return loss, {"loss": (loss_sum, count), "accuracy": (correct, count)}
+        logits = model(batch["images"], deterministic=deterministic, rngs=rngs)
+        return weighted_cross_entropy(
+            logits, batch["labels"], batch["weights"], self.label_smoothing
+        )
 
     def tokens_per_example(self) -> int:
         """Patches per image (what tokens_per_s counts for images)."""
         return num_patches(self.config.model)
 
     def train_flops_per_example(self) -> float:
-        """Model FLOPs of one training image (forward + backward = 3 x forward).
-
-        Forward, counting 2 FLOPs per multiply-add and only matmuls (norms, softmax, pooling and
-        the optimizer are ignored, as in the PaLM/MaxText MFU convention):
-          patch embedding:     2 * N * P * d                       P = patch_size^2 * channels
-          per token and layer: 2 * (4 * d * h * k + 2 * d * f)   q, k, v, out projections; MLP
-                               + 2 * 2 * T * h * k                 Q·Kᵀ and probs·V
-          head:                2 * d * C
-        with N = patches, T = encoder tokens (N, + 1 with a class token), d = embed_dim,
-        h = num_heads, k = head_dim, f = mlp_dim, C = num_classes.
-        """
+        """The encoder's FLOPs (fmjax.tasks.flops) over T tokens (N patches, + 1 with a class
+        token), plus the patch embedding 2 * N * P * d (P = patch_size^2 * channels) and the
+        head 2 * d * C."""
         model = self.config.model
-        d, h, k, f = model.embed_dim, model.num_heads, model.head_dim, model.mlp_dim
-        patches, tokens = num_patches(model), num_tokens(model)
         patch_dim = model.patch_size**2 * model.num_channels
-        per_token_layer = 2 * (4 * d * h * k + 2 * d * f) + 4 * tokens * h * k
-        encoder = tokens * model.num_layers * per_token_layer
-        forward = 2 * patches * patch_dim * d + encoder + 2 * d * self.num_classes
-        return 3.0 * forward
+        forward = (
+            2 * num_patches(model) * patch_dim * model.embed_dim
+            + transformer_forward_flops(model, num_tokens(model))
+            + 2 * model.embed_dim * self.num_classes
+        )
+        return TRAIN_FLOPS_PER_FORWARD * forward

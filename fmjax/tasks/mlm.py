@@ -5,21 +5,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
+from fmjax.data.task_data import TaskData
+from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
+from fmjax.tasks.losses import weighted_cross_entropy
 
-class MaskedLanguageModeling:
+
+class MaskedLanguageModeling(Task):
     """Predict the original ids at masked positions (BERT's 15% / 80-10-10 corruption)."""
 
     name = "mlm"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         self.seq_len = int(config.data.seq_len)
         self.max_predictions = int(config.task.max_predictions)
 
-    def build_data(self):
+    def build_data(self) -> TaskData:
         """Corpus -> tokenizer -> packed sequences -> masked batches (see fmjax.data.mlm)."""
         from fmjax.data.mlm import build_mlm_data
 
@@ -40,7 +44,7 @@ class MaskedLanguageModeling:
 
     def loss_and_metrics(
         self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+    ) -> tuple[jax.Array, Metrics]:
         """Mean cross-entropy over real masked positions, and (sum, count) metrics."""
         logits = model(
             batch["input_ids"],
@@ -49,32 +53,17 @@ class MaskedLanguageModeling:
             batch["masked_positions"],
             deterministic=deterministic,
             rngs=rngs,
-        ).astype(jnp.float32)
-        weights = batch["masked_weights"]
-        token_losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_ids"])
-        loss_sum = jnp.sum(token_losses * weights)
-        count = jnp.sum(weights)
-        correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch["masked_ids"]) * weights)
-        loss = loss_sum / jnp.maximum(count, 1.0)
-        return loss, {"loss": (loss_sum, count), "accuracy": (correct, count)}
+        )
+        return weighted_cross_entropy(logits, batch["masked_ids"], batch["masked_weights"])
 
     def tokens_per_example(self) -> int:
         return self.seq_len
 
     def train_flops_per_example(self) -> float:
-        """Model FLOPs of one training example (forward + backward = 3 x forward).
-
-        Forward, counting 2 FLOPs per multiply-add and only matmuls (embedding lookups,
-        norms, softmax and the optimizer are ignored, as in the PaLM/MaxText MFU convention):
-          per token and layer: 2 * (4 * d * h * k + 2 * d * f)   q, k, v, out projections; MLP
-                               + 2 * 2 * L * h * k                 Q·Kᵀ and probs·V
-          per masked position: 2 * (d * d + d * V)                 MLM transform, tied decoder
-        with d = embed_dim, h = num_heads, k = head_dim, f = mlp_dim, L = seq_len, V = vocab.
-        """
+        """The encoder's FLOPs (fmjax.tasks.flops) over seq_len tokens, plus the MLM head at
+        each of max_predictions positions: 2 * (d * d + d * V), transform and tied decoder."""
         model = self.config.model
-        d, h, k = model.embed_dim, model.num_heads, model.head_dim
-        f, vocab, length = model.mlp_dim, model.vocab_size, self.seq_len
-        per_token_layer = 2 * (4 * d * h * k + 2 * d * f) + 4 * length * h * k
-        encoder = length * model.num_layers * per_token_layer
-        head = self.max_predictions * 2 * (d * d + d * vocab)
-        return 3.0 * (encoder + head)
+        d = model.embed_dim
+        head = self.max_predictions * 2 * (d * d + d * model.vocab_size)
+        encoder = transformer_forward_flops(model, self.seq_len)
+        return TRAIN_FLOPS_PER_FORWARD * (encoder + head)

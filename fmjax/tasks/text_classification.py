@@ -3,18 +3,22 @@ accuracy, macro precision / recall / F1 and the confusion matrix."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from fmjax.parallel.sharding import shard_batch
+from fmjax.data.task_data import TaskData
+from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
+from fmjax.tasks.losses import cross_entropy, weighted_cross_entropy
+
+if TYPE_CHECKING:
+    from fmjax.train.step import TrainProgram
 
 MAX_PRINTED_CLASSES = 10  # a larger confusion matrix is summarized by its most confused pairs
 
@@ -70,7 +74,7 @@ def format_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...]) ->
     return "\n".join(["most frequent confusions (true -> predicted):", *lines])
 
 
-class TextClassification:
+class TextClassification(Task):
     """Predict one of model.num_classes labels per text; weights 0 mark padding rows."""
 
     name = "text_classification"
@@ -79,13 +83,12 @@ class TextClassification:
         from fmjax.data.text_classification import resolve_num_classes
 
         resolve_num_classes(config)  # model.num_classes=0: the number of classes in the data
-        self.config = config
+        super().__init__(config)
         self.seq_len = int(config.data.seq_len)
         self.num_classes = int(config.model.num_classes)
         self.label_smoothing = float(config.task.get("label_smoothing", 0.0))
-        self._logits_fns: dict[int, Any] = {}
 
-    def build_data(self):
+    def build_data(self) -> TaskData:
         """Tokenized train loader and the whole test split (see fmjax.data.text_classification)."""
         from fmjax.data.text_classification import build_text_classification_data
 
@@ -102,16 +105,9 @@ class TextClassification:
             "weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32),
         }
 
-    def example_losses(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
-        """Cross-entropy per example [B] (with label smoothing, when configured)."""
-        targets = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
-        if self.label_smoothing > 0.0:
-            targets = optax.smooth_labels(targets, self.label_smoothing)
-        return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
     def loss_and_metrics(
         self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+    ) -> tuple[jax.Array, Metrics]:
         """Mean cross-entropy over weighted texts, and (sum, count) loss and accuracy."""
         logits = model(
             batch["input_ids"],
@@ -120,90 +116,45 @@ class TextClassification:
             rngs=rngs,
             token_type_ids=batch["token_type_ids"],
         )
-        labels, weights = batch["labels"], batch["weights"]
-        loss_sum = jnp.sum(self.example_losses(logits, labels) * weights)
-        count = jnp.sum(weights)
-        correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) * weights)
-        return loss_sum / jnp.maximum(count, 1.0), {
-            "loss": (loss_sum, count),
-            "accuracy": (correct, count),
-        }
+        return weighted_cross_entropy(
+            logits, batch["labels"], batch["weights"], self.label_smoothing
+        )
 
-    # --- evaluation over the whole test split -------------------------------------------------
+    def logits_and_labels(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """(logits [B, C], labels [B]) of a held-out batch, for TrainProgram.predict."""
+        logits = model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            deterministic=True,
+            token_type_ids=batch["token_type_ids"],
+        )
+        return logits, batch["labels"]
 
-    def _logits_fn(self, program: Any) -> Any:
-        """Jitted (params, batch) -> logits [B, C], replicated on every device."""
-        key = id(program)
-        if key not in self._logits_fns:
-
-            def logits_fn(params, batch):
-                model = nnx.merge(program.graphdef, params)
-                return model(
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    deterministic=True,
-                    token_type_ids=batch["token_type_ids"],
-                )
-
-            self._logits_fns[key] = jax.jit(
-                logits_fn,
-                in_shardings=(program.state_shardings["params"], program.batch_sharding),
-                out_shardings=NamedSharding(program.mesh, PartitionSpec()),
-            )
-        return self._logits_fns[key]
-
-    def predict(self, program: Any, params: Any, held_out: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [N, C] float32, labels [N]) of every real (weight 1) test example."""
-        logits_fn = self._logits_fn(program)
-        all_logits, all_labels = [], []
-        for batch in held_out:
-            count, index = jax.process_count(), jax.process_index()
-            local = {k: np.array_split(v, count)[index] for k, v in batch.items()}
-            logits = np.asarray(logits_fn(params, shard_batch(local, program.mesh)))
-            real = batch["weights"] > 0
-            all_logits.append(logits[real])
-            all_labels.append(batch["labels"][real])
-        return np.concatenate(all_logits), np.concatenate(all_labels)
-
-    def evaluate(self, program: Any, params: Any, held_out: Any) -> dict[str, Any]:
+    def evaluate(self, program: TrainProgram, params: Any, data: TaskData) -> dict[str, Any]:
         """Loss, accuracy, macro precision / recall / F1 and the confusion matrix (a list of
         rows, also printed) over the whole test split."""
-        logits, labels = self.predict(program, params, held_out)
+        logits, labels = program.predict(params, data.eval_batches, self.logits_and_labels)
         matrix = confusion_matrix(labels, np.argmax(logits, axis=-1), self.num_classes)
-        loss = float(np.mean(self.example_losses(jnp.asarray(logits), jnp.asarray(labels))))
+        losses = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), self.label_smoothing)
         values: dict[str, Any] = {
-            "loss": loss,
+            "loss": float(np.mean(losses)),
             **classification_metrics(matrix),
             "num_examples": float(len(labels)),
             "confusion_matrix": matrix.tolist(),
         }
         if jax.process_index() == 0:
             # tqdm.write keeps a running progress bar below the table
-            tqdm.write(format_confusion_matrix(matrix, tuple(held_out.class_names)))
+            tqdm.write(format_confusion_matrix(matrix, data.class_names))
         return values
 
     def tokens_per_example(self) -> int:
         return self.seq_len
 
     def train_flops_per_example(self) -> float:
-        """Model FLOPs of one training text (forward + backward = 3 x forward).
-
-        Forward, counting 2 FLOPs per multiply-add and only matmuls (lookups, norms, softmax and
-        the optimizer are ignored, as in the PaLM/MaxText MFU convention):
-          per token and layer: 2 * (4 * d * h * k + 2 * d * f)   q, k, v, out projections; MLP
-                               + 2 * 2 * L * h * k                 Q·Kᵀ and probs·V
-          per text:            2 * d * d (with the pooler) + 2 * d * C
-        with d = embed_dim, h = num_heads, k = head_dim, f = mlp_dim, L = seq_len, C = classes.
-        """
+        """The encoder's FLOPs (fmjax.tasks.flops) over seq_len tokens, plus the head per text:
+        2 * d * d (with the pooler) + 2 * d * C."""
         model = self.config.model
-        d, h, k, f, length = (
-            model.embed_dim,
-            model.num_heads,
-            model.head_dim,
-            model.mlp_dim,
-            self.seq_len,
-        )
-        per_token_layer = 2 * (4 * d * h * k + 2 * d * f) + 4 * length * h * k
-        encoder = length * model.num_layers * per_token_layer
+        d = model.embed_dim
         head = (2 * d * d if model.get("pooler", False) else 0) + 2 * d * self.num_classes
-        return 3.0 * (encoder + head)
+        encoder = transformer_forward_flops(model, self.seq_len)
+        return TRAIN_FLOPS_PER_FORWARD * (encoder + head)

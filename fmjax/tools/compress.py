@@ -28,13 +28,9 @@ import jax
 import numpy as np
 
 from fmjax.errors import ConfigError
-from fmjax.tools.workdir import (
-    read_config,
-    restore_params,
-    run_cli,
-    stacked_layers,
-    unrolled_layers,
-)
+from fmjax.params_io import flat_names, stacked_layers, unrolled_layers
+from fmjax.tools.workdir import latest_params, read_config, run_cli
+from fmjax.train.run import open_run
 
 METHODS = ("int8", "prune")
 INT8_MAX = 127
@@ -93,8 +89,6 @@ def unpack_sparse(
 
 def flat_params(params: dict) -> dict[str, np.ndarray]:
     """{"a/b/c": array} of a nested params dict."""
-    from fmjax.train.init_from import flat_names
-
     return {name: np.asarray(leaf) for name, leaf in flat_names(params).items()}
 
 
@@ -173,26 +167,8 @@ def read_compressed(path: str) -> dict[str, np.ndarray]:
 
 def _nested_like(params: dict, flat: dict[str, np.ndarray]) -> dict:
     """`params`' structure with each leaf taken from `flat` by name."""
-    from fmjax.train.init_from import flat_names
-
     names = iter(flat_names(params))
     return jax.tree.map(lambda leaf: np.asarray(flat[next(names)], leaf.dtype), params)
-
-
-def _evaluator(config: Any):
-    """evaluate(params) -> eval metrics of the run's task on its eval data (params: the run's
-    layer layout), and a close() for the mesh context."""
-    from fmjax.train.trainer import _build_data, _Run
-
-    run = _Run(config)
-    run.__enter__()
-    data = _build_data(run)
-    shardings = run.program.state_shardings["params"]
-
-    def evaluate(params: dict) -> dict:
-        return run.evaluate(jax.device_put(params, shardings), data.eval_batches)
-
-    return evaluate, lambda: run.__exit__(None, None, None)
 
 
 def compress(
@@ -206,7 +182,7 @@ def compress(
     if method == "prune" and not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
     config = read_config(workdir)
-    params, step = restore_params(workdir, config.model)
+    params, step = latest_params(workdir, config.model)
     stacked = bool(config.model.get("scan_layers", False))
     unrolled = unrolled_layers(params) if stacked else params  # one tensor per layer
     flat = flat_params(unrolled)
@@ -223,14 +199,14 @@ def compress(
     files[label] = os.path.join(out, f"model_{label}.safetensors")
     save_file(tensors, files[label], metadata=metadata)
 
-    evaluate, close = _evaluator(config)
-    try:
-        results = {}
+    results = {}
+    with open_run(config) as run:  # the run's own task and eval data
+        data = run.build_data()
+        shardings = run.program.state_shardings["params"]
         for key, path in files.items():
             weights = _nested_like(unrolled, read_compressed(path))
-            results[key] = evaluate(stacked_layers(weights) if stacked else weights)
-    finally:
-        close()
+            weights = stacked_layers(weights) if stacked else weights
+            results[key] = run.evaluate(jax.device_put(weights, shardings), data)
     compressed = read_compressed(files[label])
     kernels = [n for n in flat if n.endswith("/kernel") and flat[n].ndim >= 2]
     report = {

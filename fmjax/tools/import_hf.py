@@ -43,8 +43,9 @@ from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.errors import ConfigError
 from fmjax.experiments import EXPERIMENTS_DIR, load_experiment
+from fmjax.params_io import stacked_layers
 from fmjax.tools.hf_weights import from_hf, normalize_names, weights_of
-from fmjax.tools.workdir import abstract_params, inference_config, run_cli, stacked_layers
+from fmjax.tools.workdir import abstract_params, inference_config, run_cli
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
 DEFAULT_EXPERIMENTS = {"bert": "bert_tiny.py", "gpt": "gpt_tiny.py", "vit": "vit_tiny.py"}

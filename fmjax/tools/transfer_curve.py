@@ -55,17 +55,16 @@ def best_validation_step(workdir: str) -> tuple[int, float]:
 
 def test_metrics(config, workdir: str, step: int) -> dict[str, float]:
     """Accuracy and macro-F1 of the test split on checkpoint `step` of the run."""
-    from fmjax.train.checkpoint import Checkpointer
-    from fmjax.train.trainer import _build_data, _Run
+    from fmjax.train.run import open_run
 
     config = config.copy_and_resolve_references()
     config.data.eval_split = "test"
-    with _Run(config) as run:
-        data = _build_data(run)
-        checkpoints = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
+    with open_run(config) as run:
+        data = run.build_data()
+        checkpoints = run.checkpointer(workdir)
         state, _ = checkpoints.restore(step, run.program.abstract_state)
         checkpoints.close()
-        values = run.evaluate(state["params"], data.eval_batches)
+        values = run.evaluate(state["params"], data)
     return {"test_accuracy": float(values["accuracy"]), "test_macro_f1": float(values["macro_f1"])}
 
 

@@ -12,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fmjax.errors import ConfigError, RunFailure
+from fmjax.params_io import flat_names
 
 
 class Checkpointer:
@@ -41,6 +42,10 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def is_due(self, step: int) -> bool:
+        """Whether `step` is one to save at (every_steps; Orbax's save interval)."""
+        return self.manager.should_save(step)
 
     def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
         """Saves at `step` when it is due (every_steps) or when forced; returns whether it did."""
@@ -101,17 +106,9 @@ class Checkpointer:
         self.manager.close()
 
 
-def _path_name(path: tuple) -> str:
-    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
-
-
 def _check_param_shapes(step: int, saved: Any, expected: Any) -> None:
-    saved_shapes = {
-        _path_name(path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
-    }
-    for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
-        name = _path_name(path)
+    saved_shapes = {name: tuple(leaf.shape) for name, leaf in flat_names(saved).items()}
+    for name, leaf in flat_names(expected).items():
         if saved_shapes.get(name) != tuple(leaf.shape):
             raise ConfigError(
                 f"checkpoint step {step} holds another model: parameter {name} has shape "

@@ -7,7 +7,6 @@ python -m fmjax.main --config experiments/gpt_tiny.py --workdir runs/gpt_tiny --
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -161,17 +160,15 @@ def generate_ids(
 def generate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """Prints and returns continuations of config.generate.prompt from the latest checkpoint."""
     from fmjax.data.clm import load_tokenizer
-    from fmjax.train.checkpoint import Checkpointer
-    from fmjax.train.trainer import _log, _Run
+    from fmjax.train.run import log, open_run
 
     settings = config.get("generate")
     if settings is None:
         raise ConfigError("config has no 'generate' section; use a GPT experiment file")
     if float(settings.temperature) < 0 or not 0.0 < float(settings.top_p) <= 1.0:
         raise ConfigError("generate.temperature must be >= 0 and generate.top_p in (0, 1]")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
-    with _Run(config) as run:
+    with open_run(config) as run:
+        state, step = run.restore_latest(workdir)
         tok = load_tokenizer(config)
         eot = tokenizer_lib.end_of_text_id(tok)
         texts = str(settings.prompt).split("|")
@@ -183,12 +180,6 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
                 f"prompt + generate.max_new_tokens = {longest} tokens > model.max_seq_len="
                 f"{config.model.max_seq_len}; shorten the prompt or lower max_new_tokens"
             )
-        checkpoints = Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
-        restored = checkpoints.restore_latest(run.program.abstract_state)
-        checkpoints.close()
-        if restored is None:
-            raise ConfigError(f"no readable checkpoint in {workdir}/checkpoints; train first")
-        state, _, step = restored
         graphdef = run.program.graphdef
     # Decoding runs outside the training mesh's sharding rules: a few prompts need not divide
     # over the data-parallel devices.
@@ -205,7 +196,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         end_id=eot,
     )
     outputs = []
-    _log(f"generating from checkpoint step {step}")
+    log(f"generating from checkpoint step {step}")
     for prompt, row in zip(prompts, new_ids, strict=True):
         row = list(row)
         if eot in row:  # the model ended the document

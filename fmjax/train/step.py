@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -22,7 +23,9 @@ from fmjax.parallel.sharding import (
     check_divisible,
     optimizer_shardings,
     param_shardings,
+    shard_batch,
 )
+from fmjax.tasks.base import Task
 from fmjax.train.optim import applied_learning_rate, learning_rate_schedule, make_optimizer
 
 # Train state: a plain dict {"step": int32 scalar, "params": pure dict, "opt_state": optax state},
@@ -43,9 +46,45 @@ class TrainProgram:
     init_state: Callable[[], TrainState]
     train_step: Callable  # jitted (state, batch) -> (state, metrics); state is donated
     eval_step: Callable  # jitted (params, batch) -> metrics
+    _predict_fns: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A global batch (every process holds all rows) as global arrays on the mesh."""
+        count, index = jax.process_count(), jax.process_index()
+        local = {name: np.array_split(rows, count)[index] for name, rows in batch.items()}
+        return shard_batch(local, self.mesh)
+
+    def mean_metrics(self, params: Any, batches: Iterable[dict]) -> dict[str, float]:
+        """The eval step's (sum, count) metrics added up over global batches, as sum / count."""
+        return summarize([self.eval_step(params, self.shard(batch)) for batch in batches])
+
+    def predict(
+        self, params: Any, batches: Iterable[dict], outputs: Callable[[nnx.Module, dict], Any]
+    ) -> Any:
+        """`outputs(model, batch)` (a tree of [B, ...] arrays) over every global batch, jitted on
+        the mesh, as numpy arrays of the real rows (weights > 0 when the batch has weights),
+        concatenated in order: the whole split's predictions, on every process."""
+        if outputs not in self._predict_fns:
+
+            def apply(params, batch):
+                return outputs(nnx.merge(self.graphdef, params), batch)
+
+            self._predict_fns[outputs] = jax.jit(
+                apply,
+                in_shardings=(self.state_shardings["params"], self.batch_sharding),
+                out_shardings=NamedSharding(self.mesh, PartitionSpec()),
+            )
+        predict_fn, results = self._predict_fns[outputs], []
+        for batch in batches:
+            result = jax.device_get(predict_fn(params, self.shard(batch)))
+            if "weights" in batch:
+                real = np.asarray(batch["weights"]) > 0
+                result = jax.tree.map(lambda rows, real=real: np.asarray(rows)[real], result)
+            results.append(result)
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *results)
 
 
-def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> TrainProgram:
+def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> TrainProgram:
     """Builds the model abstractly, derives all shardings from logical rules, jits the steps.
 
     Call under `jax.set_mesh(mesh)` and `flax.linen.logical_axis_rules(rules)` so activation
@@ -153,12 +192,12 @@ def build_program(config: ml_collections.ConfigDict, task: Any, mesh: Mesh) -> T
 MICROBATCH_SPEC = PartitionSpec(None, BATCH_MESH_AXES)
 
 
-def grad_accum_steps(config: ml_collections.ConfigDict, task: Any) -> int:
+def grad_accum_steps(config: ml_collections.ConfigDict, task: Task) -> int:
     """train.grad_accum_steps, checked against the task (validate_config checks the batch)."""
     steps = int(config.train.get("grad_accum_steps", 1))
     if steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {steps}")
-    if steps > 1 and not getattr(task, "supports_grad_accum", True):
+    if steps > 1 and not task.supports_grad_accum:
         raise ConfigError(
             f"task {task.name!r} does not split into microbatches (its loss couples the "
             "examples of the whole batch); set train.grad_accum_steps=1"
@@ -221,7 +260,7 @@ def accumulated_loss_and_grads(
     return loss_and_grads
 
 
-def abstract_batch(task: Any, batch_size: int, sharding: NamedSharding) -> dict:
+def abstract_batch(task: Task, batch_size: int, sharding: NamedSharding) -> dict:
     """The task's batch as ShapeDtypeStructs with the batch sharding (for AOT lowering)."""
     return {
         name: jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)

@@ -1,0 +1,109 @@
+"""The run context: a config checked and resolved, its task, mesh, sharding rules and program.
+
+Everything that runs a model from a config enters it the same way (the trainer's modes,
+generation, the tools):
+
+    with open_run(config) as run:
+        data = run.build_data()
+        state, step = run.restore_latest(workdir)
+        values = run.evaluate(state["params"], data)
+
+Inside the block the mesh and the logical-axis rules are active, so the steps trace against them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from fmjax.config import resolve_auto_fields, validate_config
+from fmjax.data.task_data import TaskData
+from fmjax.errors import ConfigError
+from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
+from fmjax.tasks import build_task
+from fmjax.tasks.base import Task
+from fmjax.train.checkpoint import Checkpointer
+from fmjax.train.init_from import inherit_model_fields
+from fmjax.train.step import TrainProgram, TrainState, abstract_batch, build_program
+from fmjax.train.workdir_lock import one_process_at_a_time
+
+
+@dataclasses.dataclass
+class Run:
+    """A config on a mesh: its task, sharding rules and compiled-on-demand program."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    mesh: Mesh
+    rules: tuple[tuple[str, Any], ...]
+    program: TrainProgram
+
+    def build_data(self) -> TaskData:
+        """The task's data; the processes of a multi-process job prepare a data dir in turn."""
+        if jax.process_count() == 1:
+            return self.task.build_data()
+        with one_process_at_a_time(str(self.config.data.get("data_dir", "."))):
+            return self.task.build_data()
+
+    def compile_train_step(self) -> Any:
+        """AOT-compiles the train step from abstract inputs (nothing allocated)."""
+        batch_size = int(self.config.train.batch_size)
+        batch = abstract_batch(self.task, batch_size, self.program.batch_sharding)
+        return self.program.train_step.lower(self.program.abstract_state, batch).compile()
+
+    def flops_per_step(self) -> float:
+        """Model FLOPs of one train step (the task's formula times the global batch)."""
+        return self.task.train_flops_per_example() * int(self.config.train.batch_size)
+
+    def evaluate(self, params: Any, data: TaskData) -> dict[str, Any]:
+        """The task's eval metrics of `params` on the held-out data."""
+        return self.task.evaluate(self.program, params, data)
+
+    def checkpointer(self, workdir: str, async_save: bool = False) -> Checkpointer:
+        """The Checkpointer of `workdir` with this config's checkpoint settings."""
+        settings = self.config.checkpoint
+        return Checkpointer(workdir, settings.every_steps, settings.keep, async_save)
+
+    def restore_latest(self, workdir: str) -> tuple[TrainState, int]:
+        """The newest readable checkpoint's state (on this run's shardings) and its step;
+        ConfigError when `workdir` has none."""
+        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
+        checkpoints = self.checkpointer(workdir)
+        try:
+            restored = checkpoints.restore_latest(self.program.abstract_state)
+        finally:
+            checkpoints.close()
+        if restored is None:
+            raise ConfigError(f"no readable checkpoint in {workdir}/checkpoints; train first")
+        state, _, step = restored
+        return state, step
+
+
+@contextlib.contextmanager
+def open_run(config: ml_collections.ConfigDict) -> Iterator[Run]:
+    """Resolves and validates `config` (ConfigError on a mistake), builds its task, mesh and
+    program, and keeps the mesh and logical-axis rules active for the block."""
+    inherit_model_fields(config)  # model.fields_from_init: the fields of train.init_from's
+    resolve_auto_fields(config, jax.default_backend())
+    validate_config(config, jax.device_count(), jax.process_count())
+    task = build_task(config)
+    mesh = make_mesh(config.mesh)
+    check_batch_rows_per_process(mesh)
+    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield Run(config, task, mesh, rules, build_program(config, task, mesh))
+
+
+def log(message: str) -> None:
+    """Prints `fmjax: message` once per job (on process 0)."""
+    if jax.process_index() == 0:
+        print(f"fmjax: {message}", flush=True)
