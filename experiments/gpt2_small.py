@@ -7,7 +7,7 @@ Train on GCIDE (default) or a prepared TFDS text dataset (--config.data.corpus=t
 
 import ml_collections
 
-from fmjax.config import base_config
+from fmjax.config import base_config, text_corpus_fields
 from fmjax.experiments import generate_config, gpt_model, parse_preset
 
 
@@ -16,8 +16,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.model = gpt_model("small")  # vocab 50257: see fmjax.experiments.SHAPES on padding it
     config.task = ml_collections.ConfigDict(dict(name="causal_lm"))
-    config.data.corpus = "gcide"
-    config.data.source_dir = ""
+    config.data.update(text_corpus_fields("gcide"))
     config.data.seq_len = 1024
     config.generate = generate_config(prompt="The meaning of", max_new_tokens=128)
 

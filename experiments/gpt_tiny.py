@@ -7,7 +7,7 @@ python -m fmjax.main --config experiments/gpt_tiny.py --workdir runs/gpt_tiny --
 
 import ml_collections
 
-from fmjax.config import base_config
+from fmjax.config import base_config, text_corpus_fields
 from fmjax.experiments import generate_config, gpt_model, parse_preset
 
 
@@ -16,8 +16,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.model = gpt_model("tiny")
     config.task = ml_collections.ConfigDict(dict(name="causal_lm"))
-    config.data.corpus = "shakespeare"  # shakespeare | gcide | tfds:<name>
-    config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
+    # shakespeare | gcide | tfds:<name> | files:<glob> (.txt .jsonl .jsonl.gz .parquet)
+    config.data.update(text_corpus_fields("shakespeare"))
     config.data.seq_len = 128
     config.generate = generate_config()
 

@@ -114,6 +114,20 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def text_corpus_fields(corpus: str = "shakespeare") -> dict:
+    """The data fields of the text-pretraining experiments (see fmjax/data/preparation.py)."""
+    return dict(
+        corpus=corpus,  # shakespeare | gcide | tfds:<name> | files:<glob>
+        source_dir="",  # an existing copy of a bundled corpus's raw files (skips the fetch)
+        text_field="text",  # the field / column holding the text of .jsonl / .parquet records
+        validation_files="",  # files:<glob> of held-out files, or
+        validation_fraction=0.01,  # this fraction of the documents, chosen by their hash
+        tokenizer_sample_bytes=64_000_000,  # a bounded, seeded sample the tokenizer trains on
+        prepare_workers=0,  # processes preparing the shards; 0 = every core
+        beam_pipeline_options="",  # e.g. "--runner=DataflowRunner ...": prepare with Apache Beam
+    )
+
+
 # Config sections a workdir's checkpoints depend on: resuming with other values is refused.
 RUN_IDENTITY_FIELDS = (
     "model",

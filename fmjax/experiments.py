@@ -23,7 +23,7 @@ import types
 
 import ml_collections
 
-from fmjax.config import base_config
+from fmjax.config import base_config, text_corpus_fields
 from fmjax.errors import ConfigError
 
 EXPERIMENTS_DIR = os.path.join(
@@ -198,8 +198,7 @@ def bert_pretraining_config(
     config = base_config()
     config.model = model
     config.task = ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
-    config.data.corpus = corpus
-    config.data.source_dir = ""
+    config.data.update(text_corpus_fields(corpus))
     config.data.seq_len = 128
     config.train.update(
         num_steps=1_000_000,

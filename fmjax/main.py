@@ -3,7 +3,8 @@
 Modes: train (default; resumes from the workdir's latest checkpoint), eval (latest
 checkpoint on the held-out data), compile (AOT-compile the train step for the configured mesh
 and report per-device memory and FLOPs, allocating nothing), generate (continue
-config.generate.prompt with the latest checkpoint of a causal LM).
+config.generate.prompt with the latest checkpoint of a causal LM), prepare (prepare the
+configured data into data.data_dir and exit, e.g. on a CPU machine before a big run).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "generate"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "compile", "generate", "prepare"], "What to do."
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -90,7 +93,7 @@ def main(argv: list[str]) -> None:
         _fail(f"unexpected arguments {argv[1:]}; options look like --config.train.num_steps=10")
     if _CONFIG.value is None:
         _fail("--config is required, e.g. --config experiments/bert_tiny.py")
-    if not _WORKDIR.value:
+    if not _WORKDIR.value and _MODE.value != "prepare":
         _fail("--workdir is required, e.g. --workdir runs/bert_tiny")
 
     from fmjax.errors import FmjaxError
@@ -101,6 +104,7 @@ def main(argv: list[str]) -> None:
     except FmjaxError as error:
         _fail(str(error), error.exit_code)
 
+    from fmjax.data.prepare_mode import prepare
     from fmjax.train import generate, trainer
 
     run = {
@@ -108,6 +112,7 @@ def main(argv: list[str]) -> None:
         "eval": trainer.evaluate,
         "compile": trainer.compile_report,
         "generate": generate.generate,
+        "prepare": prepare,
     }
     try:
         run[_MODE.value](_CONFIG.value, _WORKDIR.value)

@@ -7,31 +7,50 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def pack_sentences(
-    documents: list[list[list[int]]], seq_len: int, cls_id: int, sep_id: int, pad_id: int
-) -> np.ndarray:
-    """Packs consecutive sentences of each document into [CLS] ... [SEP] [PAD]* rows [N, L]."""
-    if seq_len < 3:
-        raise ValueError(f"seq_len must be at least 3, got {seq_len}")
-    room = seq_len - 2
-    rows: list[list[int]] = []
-    for document in documents:
+class SentencePacker:
+    """Packs the sentences of one document at a time into [CLS] ... [SEP] [PAD]* rows of seq_len.
+
+    Consecutive sentences share a row while they fit; a sentence longer than the room is cut;
+    rows never cross documents. Streaming form of `pack_sentences`.
+    """
+
+    def __init__(self, seq_len: int, cls_id: int, sep_id: int, pad_id: int):
+        """seq_len >= 3: every row holds [CLS], at least one token, [SEP]."""
+        if seq_len < 3:
+            raise ValueError(f"seq_len must be at least 3, got {seq_len}")
+        self.seq_len, self.cls_id, self.sep_id, self.pad_id = seq_len, cls_id, sep_id, pad_id
+
+    def rows(self, document: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """The packed rows [L] int32 of one document (a list of sentences of token ids)."""
+        room = self.seq_len - 2
+        groups: list[list[int]] = []
         current: list[int] = []
         for sentence in document:
             for start in range(0, len(sentence), room):
                 chunk = list(sentence[start : start + room])
                 if current and len(current) + len(chunk) > room:
-                    rows.append(current)
+                    groups.append(current)
                     current = []
                 current.extend(chunk)
         if current:
-            rows.append(current)
-    out = np.full((len(rows), seq_len), pad_id, dtype=np.int32)
-    for i, tokens in enumerate(rows):
-        out[i, 0] = cls_id
-        out[i, 1 : len(tokens) + 1] = tokens
-        out[i, len(tokens) + 1] = sep_id
-    return out
+            groups.append(current)
+        out = []
+        for tokens in groups:
+            row = np.full(self.seq_len, self.pad_id, dtype=np.int32)
+            row[0] = self.cls_id
+            row[1 : len(tokens) + 1] = tokens
+            row[len(tokens) + 1] = self.sep_id
+            out.append(row)
+        return out
+
+
+def pack_sentences(
+    documents: list[list[list[int]]], seq_len: int, cls_id: int, sep_id: int, pad_id: int
+) -> np.ndarray:
+    """Packs consecutive sentences of each document into [CLS] ... [SEP] [PAD]* rows [N, L]."""
+    packer = SentencePacker(seq_len, cls_id, sep_id, pad_id)
+    rows = [row for document in documents for row in packer.rows(document)]
+    return np.stack(rows) if rows else np.full((0, seq_len), pad_id, dtype=np.int32)
 
 
 def mask_for_mlm(
@@ -76,38 +95,64 @@ def mask_for_mlm(
     }
 
 
+class DocumentPacker:
+    """Packs token documents into rows of seq_len with segment ids 1..n per row (0 = padding).
+
+    A document longer than seq_len is cut into seq_len chunks, each its own segment; a chunk
+    that does not fit in the current row's remaining room starts a new row (the rest is padding).
+    Streaming form of `pack_documents`: `add` returns the rows it completed, `flush` the last.
+    """
+
+    def __init__(self, seq_len: int, pad_id: int = 0):
+        """seq_len >= 2; pad_id fills the rest of a row."""
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        self.seq_len, self.pad_id = seq_len, pad_id
+        self._current: list[Sequence[int]] = []
+        self._used = 0
+
+    def add(self, document: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Adds one document; returns the (tokens [L], segment ids [L]) rows it completed."""
+        done = []
+        for start in range(0, len(document), self.seq_len):
+            chunk = document[start : start + self.seq_len]
+            if self._current and self._used + len(chunk) > self.seq_len:
+                done.append(self._row(self._current))
+                self._current, self._used = [], 0
+            self._current.append(chunk)
+            self._used += len(chunk)
+        return done
+
+    def flush(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The last, partly filled row (if any); the packer is empty afterwards."""
+        done = [self._row(self._current)] if self._current else []
+        self._current, self._used = [], 0
+        return done
+
+    def _row(self, chunks: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.full(self.seq_len, self.pad_id, dtype=np.int32)
+        segments = np.zeros(self.seq_len, dtype=np.int32)
+        position = 0
+        for segment, chunk in enumerate(chunks, start=1):
+            tokens[position : position + len(chunk)] = chunk
+            segments[position : position + len(chunk)] = segment
+            position += len(chunk)
+        return tokens, segments
+
+
 def pack_documents(
     documents: Sequence[Sequence[int]], seq_len: int, pad_id: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Packs token documents into rows [N, L]: (token ids, segment ids 1..n per row, 0 = pad).
 
-    A document longer than seq_len is cut into seq_len chunks, each its own segment; a chunk
-    that does not fit in the current row's remaining room starts a new row (the rest is padding).
+    See DocumentPacker, which this runs over all documents.
     """
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
-    rows: list[list[Sequence[int]]] = []
-    current: list[Sequence[int]] = []
-    used = 0
-    for document in documents:
-        for start in range(0, len(document), seq_len):
-            chunk = document[start : start + seq_len]
-            if current and used + len(chunk) > seq_len:
-                rows.append(current)
-                current, used = [], 0
-            current.append(chunk)
-            used += len(chunk)
-    if current:
-        rows.append(current)
-    tokens = np.full((len(rows), seq_len), pad_id, dtype=np.int32)
-    segments = np.zeros((len(rows), seq_len), dtype=np.int32)
-    for i, chunks in enumerate(rows):
-        position = 0
-        for segment, chunk in enumerate(chunks, start=1):
-            tokens[i, position : position + len(chunk)] = chunk
-            segments[i, position : position + len(chunk)] = segment
-            position += len(chunk)
-    return tokens, segments
+    packer = DocumentPacker(seq_len, pad_id)
+    rows = [row for document in documents for row in packer.add(document)] + packer.flush()
+    if not rows:
+        empty = np.zeros((0, seq_len), dtype=np.int32)
+        return np.full_like(empty, pad_id), empty
+    return np.stack([t for t, _ in rows]), np.stack([s for _, s in rows])
 
 
 def segment_positions(segment_ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""Packed text examples in ArrayRecord shards: the writer and the loader's random-access source.
+
+The interface between preparation (fmjax/data/preparation.py) and the loader
+(fmjax/data/pipeline.py): a prepared split is a `PackedTextSource`, a grain-compatible
+random-access data source:
+
+- `len(source)`: the number of packed examples of the split (over all its shards, in shard order);
+- `source[i]`: example i as a dict of int32 numpy arrays, e.g. {"input_ids": [L]} (masked-LM
+  layout) or {"input_ids": [L], "segment_ids": [L]} (causal-LM layout);
+- picklable (grain worker processes reopen it) and cheap to open: the row counts come from the
+  dataset's record, so no shard is opened until it is read, and a process reads only the rows
+  it indexes (each host of a multi-host job reads its own rows from shards every host sees).
+
+The loader indexes it by (seed, step) like any grain source. A record is the example's features
+laid end to end as little-endian integers of the dtypes named in the dataset's record (uint16 when
+the vocabulary fits, so a token costs 2 bytes on disk). Shards are written with group_size:1 so
+that a random read decodes one record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from array_record.python import array_record_data_source, array_record_module
+
+WRITER_OPTIONS = "group_size:1,uncompressed"
+# name -> (numpy dtype name, shape): the record's layout, in this order
+Features = dict[str, tuple[str, tuple[int, ...]]]
+
+
+def encode_example(example: dict[str, np.ndarray], features: Features) -> bytes:
+    """One record's bytes: each feature, in the order of `features`, as its stored dtype."""
+    parts = []
+    for name, (dtype, shape) in features.items():
+        value = np.asarray(example[name])
+        if value.shape != tuple(shape):
+            raise ValueError(f"feature {name} has shape {value.shape}, expected {tuple(shape)}")
+        parts.append(value.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
+    return b"".join(parts)
+
+
+def decode_example(record: bytes, features: Features) -> dict[str, np.ndarray]:
+    """The example (int32 arrays) a record's bytes hold."""
+    out, offset = {}, 0
+    for name, (dtype, shape) in features.items():
+        dt = np.dtype(dtype).newbyteorder("<")
+        count = int(np.prod(shape))
+        value = np.frombuffer(record, dtype=dt, count=count, offset=offset)
+        out[name] = value.astype(np.int32).reshape(shape)
+        offset += count * dt.itemsize
+    return out
+
+
+def sha256_of(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Writes one shard under a temporary name; `close` renames it into place atomically.
+
+    A shard is a pure function of the examples written, so two processes writing the same
+    shard (a re-run beside a leftover worker) produce the same bytes and either rename wins.
+    """
+
+    def __init__(self, path: str, features: Features):
+        """path: the shard's final name; features: the record layout."""
+        self.path = path
+        self.features = features
+        self.rows = 0
+        self._tmp = f"{path}.tmp-{os.getpid()}"
+        self._writer = None
+
+    def write(self, example: dict[str, np.ndarray]) -> None:
+        """Appends one example."""
+        if self._writer is None:  # opened on the first row: an empty shard writes no file
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._writer = array_record_module.ArrayRecordWriter(self._tmp, WRITER_OPTIONS)
+        self._writer.write(encode_example(example, self.features))
+        self.rows += 1
+
+    def close(self) -> dict:
+        """Finishes the shard: {"file", "rows", "sha256"} ("file" is None for an empty shard)."""
+        if self._writer is None:
+            return {"file": None, "rows": 0, "sha256": None}
+        self._writer.close()
+        self._writer = None
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = sha256_of(self._tmp)
+        os.replace(self._tmp, self.path)
+        return {"file": os.path.basename(self.path), "rows": self.rows, "sha256": digest}
+
+
+class PackedTextSource:
+    """A prepared split as a grain random-access source (see the module docstring)."""
+
+    def __init__(self, directory: str, shards: Sequence[dict], features: Features):
+        """directory: where the shards are; shards: [{"file", "rows"}, ...] in order."""
+        self.features = {name: (dtype, tuple(shape)) for name, (dtype, shape) in features.items()}
+        self.shards = [dict(s) for s in shards if s["rows"]]
+        self._num_rows = sum(int(s["rows"]) for s in self.shards)
+        self._directory = directory
+        self._records = None  # opened on first read (and again in each worker process)
+
+    def __len__(self) -> int:
+        return self._num_rows
+
+    def _source(self):
+        if self._records is None:
+            # "path[start:end]" names the rows without opening the file to count them.
+            self._records = array_record_data_source.ArrayRecordDataSource(
+                [
+                    f"{os.path.join(self._directory, s['file'])}[0:{int(s['rows'])}]"
+                    for s in self.shards
+                ]
+            )
+        return self._records
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        if not 0 <= index < self._num_rows:
+            raise IndexError(f"row {index} out of range [0, {self._num_rows})")
+        return decode_example(self._source()[index], self.features)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return [decode_example(r, self.features) for r in self._source().__getitems__(indices)]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_records"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"PackedTextSource({self._directory}, {len(self.shards)} shards, {len(self)} rows)"
