@@ -28,9 +28,13 @@ PARQUET_BATCH_ROWS = 1024
 
 @dataclasses.dataclass
 class ReadStats:
-    """Counts of what reading skipped (reported in the log and the prepared dataset's record)."""
+    """Counts of what reading skipped (reported in the log and the prepared dataset's record).
+
+    position: how many bytes of the current file (on disk, compressed or not) were read.
+    """
 
     skipped_records: int = 0
+    position: int = 0
 
     def add(self, other: ReadStats) -> None:
         """Adds another reader's counts."""
@@ -85,6 +89,7 @@ def _read_txt(path: str, stats: ReadStats) -> Iterator[str]:
     size = 0
     with open(path, "rb") as f:
         for raw in f:
+            stats.position = f.tell()
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -100,9 +105,10 @@ def _read_txt(path: str, stats: ReadStats) -> Iterator[str]:
 
 
 def _read_jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with open(path, "rb") as disk:
+        f = gzip.GzipFile(fileobj=disk) if path.endswith(".gz") else disk
         for number, raw in enumerate(f, start=1):
+            stats.position = disk.tell()
             if not raw.strip():
                 continue
             try:
@@ -137,8 +143,13 @@ def _read_parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]
             f"{path} has no text column {text_field!r} (it has {columns}); "
             "set --config.data.text_field"
         )
+    total_rows = max(1, parquet_file.metadata.num_rows)
+    rows = 0
+    size = os.path.getsize(path)
     try:
         for batch in parquet_file.iter_batches(PARQUET_BATCH_ROWS, columns=[text_field]):
+            rows += batch.num_rows
+            stats.position = size * rows // total_rows
             for text in batch.column(0).to_pylist():
                 if isinstance(text, bytes):
                     try:

@@ -326,6 +326,11 @@ def make_plan(config: Any, layout: str) -> tuple[Plan, dict]:
     trained_on = None
     if not os.path.exists(path):  # (a given tokenizer exists: pretrained_tokenizer_path checks)
         start = time.time()
+        print(
+            f"fmjax: training the {LAYOUTS[layout]['tokenizer_kind']} tokenizer on a sample of "
+            f"at most {sample_bytes / 1e6:.0f} MB of {corpus} (data.tokenizer_sample_bytes)",
+            flush=True,
+        )
         sample = TokenizerSample(plan, sample_bytes, int(config.seed))
         train = (
             tokenizer_lib.train_or_load_wordpiece
@@ -489,9 +494,12 @@ def unit_documents(
     if reader["kind"] == "files":
         fraction = float(reader["validation_fraction"])
         for path in unit.files:
+            stats.position = done = 0
             for text in files_lib.read_documents(path, reader["text_field"], stats):
                 yield unit.split or ("validation" if _held_out(text, fraction) else "train"), text
-            advance(os.path.getsize(path))
+                advance(stats.position - done)
+                done = stats.position
+            advance(os.path.getsize(path) - done)
         return
     source = _open_tfds_source(reader, unit.tfds_split)
     for i in range(unit.start, unit.end):
