@@ -326,7 +326,7 @@ def test_gpt2_from_vocab_and_merges_continues_generates_and_exports(tmp_path, sh
     workdir = str(tmp_path / "adapted")
     summary, _ = run_quietly(trainer.train, config, workdir)
     assert np.isfinite(summary["eval_loss"])
-    framed = clm.encode_documents(ours, [["The quick fox."]], "test")[0]
+    framed = clm.encode_documents(ours, [["The quick fox."]])[0]
     assert framed[0] == framed[-1] == eot  # documents are framed by the tokenizer's own id
     config.generate.update(prompt="The quick", temperature=0.0)
     texts, _ = run_quietly(generate.generate, config, workdir)

@@ -6,7 +6,6 @@ import functools
 from typing import Any
 
 import numpy as np
-import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.pipeline import fixed_batches, make_loader

@@ -673,12 +673,11 @@ class _Packer:
                     writer.write({"input_ids": row})
                 position += len(doc)
             return sum(map(len, ids))
-        eot = self.eot
-        texts = ["\n".join(doc) for doc in documents]
+        from fmjax.data.clm import encode_documents  # clm imports this module
+
         count = 0
         packer = self.documents[split]
-        for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False):
-            ids = [eot, *encoding.ids, eot]
+        for ids in encode_documents(self.tokenizer, documents):
             count += len(ids)
             for tokens, segments in packer.add(ids):
                 writer.write({"input_ids": tokens, "segment_ids": segments})
