@@ -103,16 +103,16 @@ class PreparedText:
 
 def corpus_dir_name(corpus: str) -> str:
     """A folder name for a corpus name (tfds:wikipedia -> tfds_wikipedia)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus)
-    if files_lib.is_files_corpus(corpus):  # globs are long and may collide once sanitized
-        name = f"files_{hashlib.sha256(corpus.encode()).hexdigest()[:12]}"
-    return name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus)
 
 
 def corpus_dir(config: Any) -> str:
     """<data_dir>/<corpus>: where a corpus's tokenizers and prepared datasets live."""
-    data_dir = os.path.expanduser(str(config.data.data_dir))
-    return os.path.join(data_dir, corpus_dir_name(str(config.data.corpus)))
+    corpus = str(config.data.corpus)
+    name = corpus_dir_name(corpus)
+    if files_lib.is_files_corpus(corpus):  # globs are long and may collide once sanitized
+        name = f"files_{hashlib.sha256(corpus.encode()).hexdigest()[:12]}"
+    return os.path.join(os.path.expanduser(str(config.data.data_dir)), name)
 
 
 def tokenizer_path(config: Any, layout: str) -> str:

@@ -26,7 +26,7 @@ from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.label_splits import select_splits
 from fmjax.data.labeled_files import is_files_dataset, read_labeled_splits
 from fmjax.data.pipeline import make_loader
-from fmjax.data.prepared import corpus_dir_name
+from fmjax.data.preparation import corpus_dir_name
 from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
 
