@@ -121,10 +121,15 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
+        spread = r["seeds"] > 1  # one seed has no spread to show
+
+        def cell(name: str, r=r, spread=spread) -> str:
+            mean = f"{r[f'{name}_mean']:.1f}"
+            return f"{mean} ± {r[f'{name}_std']:.1f}" if spread else f"{mean} (one seed)"
+
         lines.append(
             f"| {r['labels'] or 'all'} | {r['init']} | {r['seeds']} | "
-            f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} | "
-            f"{r['macro_f1_mean']:.1f} ± {r['macro_f1_std']:.1f} |"
+            f"{cell('accuracy')} | {cell('macro_f1')} |"
         )
     return "\n".join(lines) + "\n"
 
