@@ -12,6 +12,7 @@ import time
 import ml_collections
 
 from fmjax.errors import ConfigError
+from fmjax.train.storage import is_object_store, read_json, workdir_path, write_json
 
 DEFAULT_DATA_DIR = "~/.cache/fmjax/data"
 
@@ -111,6 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.sharding = ml_collections.ConfigDict()
     config.sharding.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+    # A folder (local, or gs://...) where JAX keeps compiled programs across runs, so a resumed
+    # or repeated run skips recompiling; "" = off (or JAX_COMPILATION_CACHE_DIR's). The launchers
+    # set it. See apply_compilation_cache.
+    config.compilation_cache_dir = ""
     return config
 
 
@@ -209,10 +214,9 @@ def _field(config: ml_collections.ConfigDict, dotted: str):
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuses a workdir that holds a run of another model/task/data, or that can't be written."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = ml_collections.ConfigDict(json.load(f))
+    path = workdir_path(workdir) / "config.json"
+    if path.exists():
+        previous = ml_collections.ConfigDict(read_json(path))
         for field in RUN_IDENTITY_FIELDS:
             old, new = _identity(previous, field), _identity(config, field)
             if json.dumps(old, sort_keys=True, default=str) != json.dumps(
@@ -222,7 +226,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
                     f"workdir {workdir} holds a run with a different {field} "
                     f"({_diff(old, new)}); use a new --workdir or the original config"
                 )
-    parent = os.path.abspath(workdir)
+    if is_object_store(workdir):  # permissions show at the lock, the first write
+        return
+    parent = os.path.abspath(os.path.expanduser(workdir))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.access(parent, os.W_OK) or not os.path.isdir(parent):
@@ -242,8 +248,9 @@ def write_snapshot(config: ml_collections.ConfigDict, workdir: str, data_fingerp
 
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    workdir = workdir_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", json.loads(config.to_json()))
     devices = jax.devices()
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -260,15 +267,7 @@ def write_snapshot(config: ml_collections.ConfigDict, workdir: str, data_fingerp
         "seed": int(config.seed),
         "data": data_fingerprint,
     }
-    _write_json(os.path.join(workdir, "manifest.json"), manifest)
-
-
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(workdir / "manifest.json", manifest)
 
 
 PACKAGES = (
@@ -313,6 +312,23 @@ def _git_revision() -> str | None:
     if out.returncode:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def apply_compilation_cache(config: ml_collections.ConfigDict) -> None:
+    """Points JAX's persistent compilation cache at config.compilation_cache_dir, if set.
+
+    Call it before the first compilation: JAX opens the cache once, at its first compile.
+    Programs that compile faster than jax_persistent_cache_min_compile_time_secs (1 s by
+    default) are not stored.
+    """
+    directory = str(config.get("compilation_cache_dir", "") or "")
+    if not directory:
+        return
+    import jax
+
+    if not is_object_store(directory):
+        directory = os.path.abspath(os.path.expanduser(directory))
+    jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def resolve_auto_fields(config: ml_collections.ConfigDict, backend: str) -> None:

@@ -96,6 +96,7 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value and _MODE.value != "prepare":
         _fail("--workdir is required, e.g. --workdir runs/bert_tiny")
 
+    from fmjax.config import apply_compilation_cache
     from fmjax.errors import FmjaxError
     from fmjax.parallel.distributed import initialize_distributed
 
@@ -103,6 +104,7 @@ def main(argv: list[str]) -> None:
         initialize_distributed(_CONFIG.value)
     except FmjaxError as error:
         _fail(str(error), error.exit_code)
+    apply_compilation_cache(_CONFIG.value)  # before the first compilation
 
     from fmjax.data.prepare_mode import prepare
     from fmjax.train import generate, trainer

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs fmjax on every worker of a Cloud TPU VM pod slice: creates the slice unless it exists,
-# copies this checkout to all workers and installs it, then starts the same command on all of
-# them. JAX finds the coordinator, process count and id from the TPU metadata.
+# copies this checkout to all workers and installs it with the exact package versions of the
+# environment you run this script from (pip freeze of $PYTHON, default python3, as a pip
+# constraints file), then starts the same command on all of them. JAX finds the coordinator,
+# process count and id from the TPU metadata.
 #
 #   launch/tpu_pod.sh --tpu_name my-v4-32 --zone us-central2-b --accelerator_type v4-32 -- \
-#       --config experiments/bert_base.py --workdir /mnt/shared/runs/bert_base
+#       --config experiments/bert_base.py --workdir gs://my-bucket/runs/bert_base
 #
-# The workdir must be on storage every worker sees (e.g. a Filestore/NFS mount): process 0
-# writes metrics, config and manifest, and every process writes its shards of each checkpoint.
+# The workdir must be on storage every worker sees: a gs:// bucket (see README, "Workdirs on
+# GCS") or a Filestore/NFS mount. Process 0 writes metrics, config and manifest, and every
+# process writes its shards of each checkpoint. A persistent compilation cache goes to
+# <workdir>/jax_compilation_cache unless the command sets --config.compilation_cache_dir.
 set -euo pipefail
 
 usage() {
@@ -54,7 +58,9 @@ done
 (($#)) || { echo "launch/tpu_pod.sh: give the fmjax.main arguments after --" >&2; usage; }
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-archive="${TMPDIR:-/tmp}/fmjax-${tpu_name}.tar.gz"
+python="${PYTHON:-python3}"
+staging="${TMPDIR:-/tmp}/fmjax-${tpu_name}"
+archive="${staging}.tar.gz"
 where=(--zone="$zone")
 [[ -n "$project" ]] && where+=(--project="$project")
 
@@ -96,17 +102,38 @@ elif ((!exists)); then
   run "${create[@]}"
 fi
 
-# 2. Copy this checkout (tracked and new files, not ignored ones) and install it everywhere.
+# 2. Copy this checkout (tracked and new files, not ignored ones) plus constraints.txt, the
+#    pinned versions of this environment (editable and direct-URL installs left out), and
+#    install it everywhere: jax, jaxlib, flax, orbax, ... exactly as here; libtpu as jax's
+#    [tpu] extra pins it for that jax.
 if ((!skip_setup)); then
+  freeze="$(quote "$python") -m pip freeze --exclude-editable | grep -v -e ' @ ' -e '^-e '"
+  run bash -c "mkdir -p $(quote "$staging") && $freeze > $(quote "$staging/constraints.txt")"
+  if ((!dry_run)) && ! grep -q '^jax==' "$staging/constraints.txt"; then
+    echo "launch/tpu_pod.sh: $python has no jax installed; run it from fmjax's environment" \
+      "(or set PYTHON)" >&2
+    exit 2
+  fi
   listing="git -C $(quote "$repo") ls-files -z --cached --others --exclude-standard"
-  run bash -c "$listing | tar -czf $(quote "$archive") -C $(quote "$repo") --null -T -"
+  run bash -c "$listing | tar -czf $(quote "$archive") -C $(quote "$repo") --null -T - \
+-C $(quote "$staging") constraints.txt"
   run gcloud compute tpus tpu-vm scp "$archive" "$tpu_name":fmjax.tar.gz --worker=all \
     "${where[@]}"
   run gcloud compute tpus tpu-vm ssh "$tpu_name" --worker=all "${where[@]}" --command \
-    'mkdir -p ~/fmjax && tar -xzf ~/fmjax.tar.gz -C ~/fmjax && python3 -m pip install -q -U "jax[tpu]" -e ~/fmjax'
+    'mkdir -p ~/fmjax && tar -xzf ~/fmjax.tar.gz -C ~/fmjax && python3 -m pip install -q -c ~/fmjax/constraints.txt "jax[tpu]" -e ~/fmjax"[gcs]"'
 fi
 
 # 3. The same command on every worker (a worker that dies takes the others down through the
 #    JAX coordinator's heartbeat; re-running the script resumes from the latest checkpoint).
-command="cd ~/fmjax && python3 -m fmjax.main$(printf ' %q' "$@") --config.distributed.cluster=tpu"
+extra=(--config.distributed.cluster=tpu)
+workdir="" previous=""
+for arg in "$@"; do
+  [[ "$previous" == "--workdir" ]] && workdir="$arg"
+  [[ "$arg" == --workdir=* ]] && workdir="${arg#*=}"
+  previous="$arg"
+done
+if [[ -n "$workdir" && " $* " != *" --config.compilation_cache_dir"* ]]; then
+  extra+=("--config.compilation_cache_dir=${workdir%/}/jax_compilation_cache")
+fi
+command="cd ~/fmjax && python3 -m fmjax.main$(printf ' %q' "$@" "${extra[@]}")"
 run gcloud compute tpus tpu-vm ssh "$tpu_name" --worker=all "${where[@]}" --command "$command"

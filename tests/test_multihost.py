@@ -23,6 +23,7 @@ from fmjax.parallel.mesh import (
     check_batch_rows_per_process,
     hybrid_device_array,
     make_mesh,
+    process_batch_block,
     process_row_blocks,
 )
 from fmjax.train import trainer
@@ -58,23 +59,18 @@ def _records(workdir) -> list[dict]:
 # --- 2 processes x 4 devices == 1 process x 8 devices ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def runs(shared_data_dir, tmp_path_factory):
-    """The smoke run as 2 local processes x 4 devices (launch/local.sh, hybrid mesh of 2
-    process slices) and, meanwhile, as 1 process x 8 devices in this process."""
-    one = tmp_path_factory.mktemp("one_process") / "run"
-    two = tmp_path_factory.mktemp("two_processes") / "run"
-    overrides = [f"--config.train.{key}={value}" for key, value in RUN.items()]
-    start = time.perf_counter()
-    launch = subprocess.Popen(
+def _launch(workdir, data_dir, num_processes, devices_per_process, *overrides):
+    """launch/local.sh running the smoke run, started in the background."""
+    return subprocess.Popen(
         [
             LOCAL,
-            *("--num_processes", "2", "--devices_per_process", "4", "--"),
+            *("--num_processes", str(num_processes)),
+            *("--devices_per_process", str(devices_per_process), "--"),
             f"--config={REPO}/experiments/bert_tiny.py:smoke",
-            f"--workdir={two}",
-            f"--config.data.data_dir={shared_data_dir}",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}",
             "--config.checkpoint.every_steps=100",
-            "--config.mesh.dcn.data=2",
+            *[f"--config.train.{key}={value}" for key, value in RUN.items()],
             *overrides,
         ],
         cwd=REPO,
@@ -83,6 +79,21 @@ def runs(shared_data_dir, tmp_path_factory):
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture(scope="module")
+def runs(shared_data_dir, tmp_path_factory):
+    """The smoke run as 2 local processes x 4 devices (launch/local.sh, hybrid mesh of 2
+    process slices) and, meanwhile, as 1 process x 8 devices in this process; then as
+    2 processes x 2 devices with the tensor axis spanning the processes (data parallel inside
+    each). The launches run one after the other: on 2 cores, 4 processes compiling at once can
+    outlast gloo's 30 s rendezvous."""
+    one = tmp_path_factory.mktemp("one_process") / "run"
+    two = tmp_path_factory.mktemp("two_processes") / "run"
+    tensor = tmp_path_factory.mktemp("tensor_across_processes") / "run"
+    start = time.perf_counter()
+    launch = _launch(two, shared_data_dir, 2, 4, "--config.mesh.dcn.data=2")
+    results = []
     try:
         config = experiment_config("bert_tiny", "smoke")
         config.data.data_dir = shared_data_dir
@@ -91,13 +102,23 @@ def runs(shared_data_dir, tmp_path_factory):
         trainer.train(config, str(one))
         print(f"\n1 process x 8 devices (in this process): {time.perf_counter() - start:.1f}s")
         stdout, stderr = launch.communicate(timeout=TIME_LIMIT)
+        results.append(subprocess.CompletedProcess(launch.args, launch.returncode, stdout, stderr))
+        print(f"2 processes x 4 devices (launch/local.sh): {time.perf_counter() - start:.1f}s")
+        assert launch.returncode == 0, stderr[-3000:]
+        tensor_flags = (
+            "--config.mesh.data=2",
+            "--config.mesh.tensor=2",
+            "--config.mesh.dcn.tensor=2",
+        )
+        launch = _launch(tensor, shared_data_dir, 2, 2, *tensor_flags)
+        stdout, stderr = launch.communicate(timeout=TIME_LIMIT)
+        print(f"2 processes x 2 devices, tensor across: {time.perf_counter() - start:.1f}s")
+        assert launch.returncode == 0, stderr[-3000:]
     finally:
         if launch.poll() is None:  # local.sh stops its processes on SIGTERM
             launch.terminate()
             launch.communicate(timeout=30)
-    print(f"2 processes x 4 devices (launch/local.sh): {time.perf_counter() - start:.1f}s")
-    assert launch.returncode == 0, stderr[-3000:]
-    return one, two, subprocess.CompletedProcess(launch.args, 0, stdout, stderr)
+    return one, two, results[0], tensor
 
 
 def test_two_processes_log_the_same_losses_as_one(runs):
@@ -112,8 +133,20 @@ def test_two_processes_log_the_same_losses_as_one(runs):
         np.testing.assert_allclose(b, a, rtol=0, atol=2e-5)
 
 
+def test_tensor_axis_across_processes_logs_the_same_losses_as_one_process(runs):
+    """One process per device group, tensor groups spanning processes (as with one process per
+    GPU): the processes of a tensor group read the same rows of each batch."""
+    one, tensor = _records(runs[0]), _records(runs[3])
+    assert [(r["step"], r["split"]) for r in tensor] == [(r["step"], r["split"]) for r in one]
+    for key in ("loss", "accuracy"):
+        a = np.array([r[key] for r in one])
+        b = np.array([r[key] for r in tensor])
+        print(f"{key}: max |1x8 data - 2x2 tensor across processes| = {np.max(np.abs(a - b)):.3g}")
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-5)
+
+
 def test_only_process_zero_writes_metrics_manifest_and_tensorboard(runs):
-    _, workdir, result = runs
+    _, workdir, result, _ = runs
     files = sorted(os.listdir(workdir))
     assert [name for name in files if "metrics" in name] == ["metrics.jsonl"]
     steps = [(r["step"], r["split"]) for r in _records(workdir)]
@@ -221,17 +254,21 @@ def test_tpu_pod_dry_run_prints_every_command():
         f"gcloud compute tpus tpu-vm create pod-a {where} --accelerator-type=v4-32 "
         "--version=tpu-ubuntu2204-base"
     )
-    assert commands[2].startswith("bash -c 'git -C ") and "tar -czf" in commands[2]
-    assert commands[3].startswith("gcloud compute tpus tpu-vm scp ")
-    assert "pod-a:fmjax.tar.gz --worker=all" in commands[3]
-    assert commands[4].startswith(f"gcloud compute tpus tpu-vm ssh pod-a --worker=all {where}")
-    assert "pip install" in commands[4]
-    assert commands[5] == (
+    # the exact versions of this environment, as a constraints file shipped in the archive
+    assert commands[2].startswith("bash -c 'mkdir -p ") and "pip freeze" in commands[2]
+    assert commands[3].startswith("bash -c 'git -C ") and "tar -czf" in commands[3]
+    assert commands[3].endswith(" constraints.txt'")
+    assert commands[4].startswith("gcloud compute tpus tpu-vm scp ")
+    assert "pod-a:fmjax.tar.gz --worker=all" in commands[4]
+    assert commands[5].startswith(f"gcloud compute tpus tpu-vm ssh pod-a --worker=all {where}")
+    assert "pip install -q -c ~/fmjax/constraints.txt" in commands[5]
+    assert commands[6] == (
         f"gcloud compute tpus tpu-vm ssh pod-a --worker=all {where} --command 'cd ~/fmjax && "
         "python3 -m fmjax.main --config experiments/bert_base.py --workdir /mnt/shared/runs/bert "
-        "--config.distributed.cluster=tpu'"
+        "--config.distributed.cluster=tpu "
+        "--config.compilation_cache_dir=/mnt/shared/runs/bert/jax_compilation_cache'"
     )
-    assert len(commands) == 6
+    assert len(commands) == 7
 
 
 def test_tpu_pod_without_a_name_prints_usage():
@@ -266,10 +303,62 @@ def test_slurm_batch_script_runs_one_srun_step(tmp_path):
         "fmjax.main",
         *("--config", "experiments/gpt2_small.py", "--workdir", "/w"),
         "--config.distributed.cluster=slurm",
+        "--config.compilation_cache_dir=/w/jax_compilation_cache",
     ]
     env.pop("SLURM_JOB_ID")
     result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "submit it with sbatch" in result.stderr
+
+
+def test_slurm_batch_script_sets_xla_gpu_flags_this_xla_knows(tmp_path):
+    fake_srun = tmp_path / "srun"
+    fake_srun.write_text('#!/usr/bin/env bash\nprintf "%s" "$XLA_FLAGS" > "$SRUN_ARGS"\n')
+    fake_srun.chmod(0o755)
+    env = _env(
+        PATH=f"{tmp_path}:/usr/bin:/bin",
+        SLURM_JOB_ID="7",
+        SLURM_SUBMIT_DIR=REPO,
+        SRUN_ARGS=str(tmp_path / "flags"),
+        XLA_FLAGS="--xla_dump_to=/tmp/x",
+    )
+    script = os.path.join(REPO, "launch", "slurm_gpu.sbatch")
+    run = ["bash", script, "--", "--config", "c.py", "--workdir", "/w"]
+    assert subprocess.run(run, env=env, capture_output=True, timeout=30).returncode == 0
+    flags = (tmp_path / "flags").read_text()
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in flags
+    assert flags.endswith(" --xla_dump_to=/tmp/x")  # the user's own flags come last
+    # XLA aborts at start-up on a flag it does not know (GPU flags parse on CPU too).
+    probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    result = subprocess.run(
+        probe, env=_env(XLA_FLAGS=flags), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_compilation_cache_dir_keeps_compiled_programs(tmp_path):
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [
+            *(
+                sys.executable,
+                "-m",
+                "fmjax.main",
+                f"--config={REPO}/experiments/bert_tiny.py:smoke",
+            ),
+            *(f"--workdir={tmp_path / 'run'}", "--mode=compile"),
+            f"--config.compilation_cache_dir={cache}",
+        ],
+        cwd=REPO,
+        env=_env(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # keep even fast compiles
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(cache.iterdir())) >= 1
 
 
 SLURM_PROBE = """
@@ -466,17 +555,28 @@ def test_hybrid_mesh_config_errors(build, message):
         build()
 
 
-def test_each_process_must_own_a_contiguous_block_of_batch_rows():
+def test_each_process_reads_the_batch_block_its_devices_hold():
     # 2 processes x 4 devices: data 4 x fsdp 2 gives process 0 blocks 0-3, process 1 blocks 4-7.
     grid = np.repeat([0, 1], 4).reshape(4, 2, 1)
     assert process_row_blocks(grid) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    # tensor 8 spans both processes: both would need the whole batch.
-    devices = np.array(_fake_devices(2, 4, "process_index"), dtype=object).reshape(1, 1, 8)
-    mesh = types.SimpleNamespace(devices=devices, shape={"data": 1, "fsdp": 1, "tensor": 8})
-    with pytest.raises(ConfigError, match="keep mesh.tensor within one host"):
+
+    def mesh_of(num_processes, per_process, shape):
+        devices = _fake_devices(num_processes, per_process, "process_index")
+        devices = np.array(devices, dtype=object).reshape(shape)
+        return types.SimpleNamespace(devices=devices, shape=dict(zip("dft", shape, strict=True)))
+
+    # tensor 8 spans both processes: both read the whole batch.
+    mesh = mesh_of(2, 4, (1, 1, 8))
+    assert [process_batch_block(mesh, p) for p in (0, 1)] == [(0, 1), (0, 1)]
+    # one process per GPU, data 2 x tensor 4: processes 0-3 read block 0, 4-7 block 1.
+    mesh = mesh_of(8, 1, (2, 1, 4))
+    assert [process_batch_block(mesh, p)[0] for p in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    check_batch_rows_per_process(mesh_of(2, 4, (2, 2, 2)))
+    # process 0 holding blocks 0 and 2 of 4: no one contiguous block to read.
+    devices = np.array(_fake_devices(2, 2, "process_index"), dtype=object)
+    mesh = types.SimpleNamespace(devices=devices[[0, 2, 1, 3]].reshape(2, 2, 1), shape={})
+    with pytest.raises(ConfigError, match="not one contiguous block"):
         check_batch_rows_per_process(mesh)
-    devices = np.array(_fake_devices(2, 4, "process_index"), dtype=object).reshape(2, 2, 2)
-    check_batch_rows_per_process(types.SimpleNamespace(devices=devices, shape={}))
 
 
 # --- per-process data: every example once per epoch --------------------------------------------

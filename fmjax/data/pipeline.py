@@ -95,12 +95,15 @@ def make_loader(
     process_count: int | None = None,
     shuffle: bool = True,
 ) -> Loader:
-    """Loader over an epoch-reshuffled, repeated `source` with per-example seeded transforms."""
-    if process_index is None or process_count is None:
-        import jax
+    """Loader over an epoch-reshuffled, repeated `source` with per-example seeded transforms.
 
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
+    It reads block `process_index` of `process_count` of each global batch; by default this
+    process's block on the current mesh (fmjax.parallel.mesh.process_batch_block).
+    """
+    if process_index is None or process_count is None:
+        from fmjax.parallel.mesh import process_batch_block
+
+        process_index, process_count = process_batch_block()
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ConfigError(
             f"global batch size {global_batch_size} is not divisible by the {process_count} "

@@ -141,20 +141,39 @@ def process_row_blocks(process_grid: np.ndarray) -> list[list[int]]:
     return [sorted(b) for b in blocks]
 
 
-def check_batch_rows_per_process(mesh: Mesh) -> None:
-    """ConfigError unless process p's devices hold exactly the p-th contiguous block of rows.
+def process_batch_block(mesh: Mesh | None = None, process: int | None = None) -> tuple[int, int]:
+    """(index, count): process `process` (default: this one) reads the index-th of `count`
+    equal contiguous blocks of rows of every global batch; the one place that decides it.
 
-    That block is what each process's data loader reads (every example read by one process);
-    it breaks when an axis the batch is replicated over (tensor) spans processes.
+    The rows are those its devices hold: the batch is split over data x fsdp and replicated over
+    tensor, so the processes of one tensor group (tensor spanning processes, e.g. one process
+    per GPU) share an index and read the same rows. `mesh` defaults to the one set with
+    jax.set_mesh, and without one every process reads its own block. ConfigError when a
+    process's devices hold rows that are not such a block.
     """
+    process = jax.process_index() if process is None else process
+    mesh = jax.sharding.get_mesh() if mesh is None else mesh
+    if mesh is None or getattr(mesh, "empty", False):
+        return process, jax.process_count()
     grid = np.vectorize(lambda d: d.process_index)(mesh.devices)
     blocks = process_row_blocks(grid)
-    per_process = grid.shape[0] * grid.shape[1] // len(blocks)
-    for process, held in enumerate(blocks):
-        expected = list(range(process * per_process, (process + 1) * per_process))
-        if held != expected:
+    per_process = len(blocks[process])
+    num_blocks = grid.shape[0] * grid.shape[1]
+    for other, held in enumerate(blocks):
+        first = held[0] if held else 0
+        if (
+            len(held) != per_process
+            or first % per_process
+            or held != list(range(first, first + per_process))
+        ):
             raise ConfigError(
-                f"with mesh {dict(mesh.shape)} process {process} would need batch blocks {held} "
-                f"of {grid.shape[0] * grid.shape[1]}, not its own contiguous block: keep "
-                "mesh.tensor within one host (tensor <= devices per process)"
+                f"with mesh {dict(mesh.shape)} process {other}'s devices hold batch blocks "
+                f"{held} of {num_blocks}, not one contiguous block of {per_process}: order "
+                "the mesh so that data/fsdp positions follow process order (mesh.dcn.*)"
             )
+    return blocks[process][0] // per_process, num_blocks // per_process
+
+
+def check_batch_rows_per_process(mesh: Mesh) -> None:
+    """ConfigError unless every process's devices hold one contiguous block of batch rows."""
+    process_batch_block(mesh, process=0)

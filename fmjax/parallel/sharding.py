@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmjax.config import BATCH_MESH_AXES
 from fmjax.errors import ConfigError
+from fmjax.parallel.mesh import process_batch_block
 
 Rules = Sequence[tuple[str, Any]]
 
@@ -89,13 +90,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES))
 
 
+def process_rows(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, np.ndarray]:
+    """This process's rows of a global batch (its block, see mesh.process_batch_block)."""
+    index, count = process_batch_block(mesh)
+    return {name: np.array_split(value, count)[index] for name, value in batch.items()}
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Turns this process's rows of a global batch into global jax.Arrays on the mesh."""
     sharding = batch_sharding(mesh)
-    num_processes = jax.process_count()
+    _, num_blocks = process_batch_block(mesh)
 
     def to_global(local: np.ndarray) -> jax.Array:
-        global_shape = (local.shape[0] * num_processes, *local.shape[1:])
+        global_shape = (local.shape[0] * num_blocks, *local.shape[1:])
         return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
     return {name: to_global(np.asarray(value)) for name, value in batch.items()}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
-import shutil
 import time
 from typing import Any
 
@@ -13,6 +11,7 @@ import orbax.checkpoint as ocp
 
 from fmjax.errors import ConfigError, RunFailure
 from fmjax.params_io import flat_names
+from fmjax.train.storage import move_tree, workdir_path
 
 
 class Checkpointer:
@@ -21,11 +20,13 @@ class Checkpointer:
     Saves are atomic (Orbax writes a temporary folder and renames it when complete), so a crash
     mid-save leaves the previous checkpoint as it was. On restore, a checkpoint that cannot be
     read is moved to workdir/checkpoints_corrupt/ and the previous one is used instead.
+    `workdir` may be any etils.epath path (gs://bucket/run): on an object store Orbax marks a
+    finished save with a commit_success.txt file instead of renaming its folder.
     """
 
     def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.workdir = workdir_path(workdir)
+        self.directory = self.workdir / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={
@@ -87,7 +88,7 @@ class Checkpointer:
         return None
 
     def _quarantine(self, step: int, error: Exception) -> None:
-        target = os.path.join(self.workdir, "checkpoints_corrupt", f"{step}-{int(time.time())}")
+        target = self.workdir / "checkpoints_corrupt" / f"{step}-{int(time.time())}"
         reason = " ".join(str(error).split())[:200]
         print(
             f"fmjax: checkpoint step {step} is unreadable ({type(error).__name__}: {reason}); "
@@ -95,8 +96,7 @@ class Checkpointer:
             flush=True,
         )
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            move_tree(self.directory / str(step), target)
         self.manager.reload()
 
     def close(self) -> None:

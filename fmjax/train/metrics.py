@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
+from etils import epath
+
+from fmjax.train.storage import is_object_store, workdir_path, write_text
+
+# An object store has no append: metrics.jsonl is rewritten whole at most this often.
+OBJECT_STORE_FLUSH_SECONDS = 30.0
 
 # Dense bfloat16 peak FLOP/s per device (chip), from the vendors' data sheets. MFU is
 # measured against these whatever the compute dtype, so float32 runs report a conservative
@@ -48,22 +55,33 @@ def model_flops_utilization(
 
 
 class MetricsWriter:
-    """Appends metrics to workdir/metrics.jsonl and TensorBoard; only process 0 writes."""
+    """Appends metrics to workdir/metrics.jsonl and TensorBoard; only process 0 writes.
+
+    An object store (gs://) has no append: there the file is rewritten whole, at most every
+    OBJECT_STORE_FLUSH_SECONDS and at close, so a run killed with -9 loses the records of its
+    last seconds (a resume drops those logged after its checkpoint anyway).
+    """
 
     def __init__(self, workdir: str, resume_step: int | None = None):
         """`resume_step`: a training run's start; records after it are dropped (None: keep all)."""
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        workdir = workdir_path(workdir)
+        self.path = workdir / "metrics.jsonl"
         self._tensorboard = None
+        self._rewrite_whole = is_object_store(workdir)
+        self._lines: list[str] = []
+        self._flushed_at = time.monotonic()
         if not self.enabled:
             return
         if resume_step is not None:
             drop_lines_after(self.path, resume_step)
+        if self._rewrite_whole and self.path.exists():
+            self._lines = [line for line in self.path.read_text().splitlines(True) if line.strip()]
         from tensorboardX import SummaryWriter
 
         # purge_step drops events a killed run logged after the checkpoint we resume from.
         self._tensorboard = SummaryWriter(
-            os.path.join(workdir, "tensorboard"),
+            os.fspath(workdir / "tensorboard"),
             purge_step=resume_step + 1 if resume_step else None,
         )
 
@@ -73,29 +91,39 @@ class MetricsWriter:
             return
         record = {"step": int(step), "split": split}
         record.update({key: _plain(value) for key, value in values.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._rewrite_whole:
+            self._lines.append(line)
+            if time.monotonic() - self._flushed_at >= OBJECT_STORE_FLUSH_SECONDS:
+                self.flush()
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
         for key, value in record.items():
             if key not in ("step", "split") and isinstance(value, (int, float)):
                 self._tensorboard.add_scalar(f"{split}/{key}", value, step)
 
+    def flush(self) -> None:
+        """Puts every record so far into metrics.jsonl (object stores; a no-op on disk)."""
+        if self.enabled and self._rewrite_whole:
+            write_text(self.path, "".join(self._lines))
+            self._flushed_at = time.monotonic()
+
     def close(self) -> None:
+        self.flush()
         if self._tensorboard is not None:
             self._tensorboard.close()
 
 
-def drop_lines_after(path: str, step: int) -> None:
+def drop_lines_after(path: str | os.PathLike, step: int) -> None:
     """Removes records logged after `step` (by a run that died before its next checkpoint)."""
-    if not os.path.exists(path):
+    path = epath.Path(path)
+    if not path.exists():
         return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = [line for line in path.read_text().splitlines(True) if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
 
 
 def _plain(value: Any) -> Any:

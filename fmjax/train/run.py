@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +32,7 @@ from fmjax.tasks.base import Task
 from fmjax.train.checkpoint import Checkpointer
 from fmjax.train.init_from import inherit_model_fields
 from fmjax.train.step import TrainProgram, TrainState, abstract_batch, build_program
+from fmjax.train.storage import workdir_path
 from fmjax.train.workdir_lock import one_process_at_a_time
 
 
@@ -75,7 +75,7 @@ class Run:
     def restore_latest(self, workdir: str) -> tuple[TrainState, int]:
         """The newest readable checkpoint's state (on this run's shardings) and its step;
         ConfigError when `workdir` has none."""
-        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        if not (workdir_path(workdir) / "checkpoints").is_dir():
             raise ConfigError(f"no checkpoint in {workdir}/checkpoints; train first (--mode=train)")
         checkpoints = self.checkpointer(workdir)
         try:

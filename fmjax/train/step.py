@@ -23,6 +23,7 @@ from fmjax.parallel.sharding import (
     check_divisible,
     optimizer_shardings,
     param_shardings,
+    process_rows,
     shard_batch,
 )
 from fmjax.tasks.base import Task
@@ -50,9 +51,7 @@ class TrainProgram:
 
     def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """A global batch (every process holds all rows) as global arrays on the mesh."""
-        count, index = jax.process_count(), jax.process_index()
-        local = {name: np.array_split(rows, count)[index] for name, rows in batch.items()}
-        return shard_batch(local, self.mesh)
+        return shard_batch(process_rows(batch, self.mesh), self.mesh)
 
     def mean_metrics(self, params: Any, batches: Iterable[dict]) -> dict[str, float]:
         """The eval step's (sum, count) metrics added up over global batches, as sum / count."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from fmjax.train.metrics import MetricsWriter, model_flops_utilization, peak_flo
 from fmjax.train.preemption import PreemptionWatcher
 from fmjax.train.run import Run, log, open_run
 from fmjax.train.step import summarize
+from fmjax.train.storage import workdir_path, write_text
 from fmjax.train.workdir_lock import WorkdirLock
 
 
@@ -150,8 +150,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         state, step = run.restore_latest(workdir)
         values = run.evaluate(state["params"], run.build_data())
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "eval.json"), "w") as f:
-                json.dump({"step": step, "split": "eval", **values}, f, indent=2)
+            record = {"step": step, "split": "eval", **values}
+            write_text(workdir_path(workdir) / "eval.json", json.dumps(record, indent=2))
         log(_format_metrics(step, "eval", values))
         return values
 
@@ -186,9 +186,8 @@ def compile_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "model_flops_per_step": run.flops_per_step(),
         }
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "compile.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+        write_text(workdir_path(workdir) / "compile.json", json.dumps(report, indent=2))
         print(format_compile_report(report))
     return report
 
