@@ -11,4 +11,7 @@ from fmjax.experiments import bert_model, bert_pretraining_config, parse_preset
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     parse_preset(preset, "bert_large")  # none: override fields with --config.*
-    return bert_pretraining_config(bert_model("large"), corpus="gcide")
+    # Attention dropout 0, as MosaicBERT and Cramming train on GPUs: the fused attention kernels
+    # (cuDNN, splash) cannot drop attention probabilities (README, Accelerators).
+    model = bert_model("large", attention_dropout_rate=0.0)
+    return bert_pretraining_config(model, corpus="gcide")

@@ -30,7 +30,7 @@ def contrastive_model(**overrides) -> ml_collections.ConfigDict:
             layer_norm_epsilon=1e-6,
             norm_position="pre",
             compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
-            attention_backend="xla",
+            attention_backend="auto",  # auto | xla | cudnn (GPU) | splash (TPU); README
             image=dict(
                 image_size=32,
                 patch_size=4,  # 8 x 8 = 64 patches

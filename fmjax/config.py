@@ -193,7 +193,7 @@ def validate_config(
 
 
 # Model fields that change memory and speed, not the parameters: a run may resume with others.
-RESUMABLE_MODEL_FIELDS = ("remat",)
+RESUMABLE_MODEL_FIELDS = ("remat", "attention_backend")
 
 
 def _identity(config: ml_collections.ConfigDict, dotted: str):
@@ -332,6 +332,28 @@ def apply_compilation_cache(config: ml_collections.ConfigDict) -> None:
 
 
 def resolve_auto_fields(config: ml_collections.ConfigDict, backend: str) -> None:
-    """Fills fields left as "auto": compute_dtype is bfloat16 on GPU/TPU, float32 on CPU."""
-    if config.model.get("compute_dtype") == "auto":
-        config.model.compute_dtype = "float32" if backend == "cpu" else "bfloat16"
+    """Fills fields left as "auto" for the platform `backend` ("cpu" | "gpu" | "tpu"):
+    compute_dtype (bfloat16 on GPU/TPU, float32 on CPU) and attention_backend (the fastest
+    kernel the model allows, logged once); refuses an attention backend that cannot run here."""
+    from fmjax.models.attention_backends import AUTO_CHOICE, check_attention_backend, kernel_problem
+
+    model = config.model
+    if model.get("compute_dtype") == "auto":
+        model.compute_dtype = "float32" if backend == "cpu" else "bfloat16"
+    if "attention_backend" not in model:
+        return
+    requested = model.attention_backend
+    seq_len = config.data.get("seq_len") if "data" in config else None
+    model.attention_backend = check_attention_backend(model, backend, seq_len)
+    if requested == "auto":
+        candidate = AUTO_CHOICE.get(backend)
+        problem = candidate and kernel_problem(candidate, model, backend, seq_len)
+        reason = f"{candidate} not used: {problem}" if problem else f"on {backend}"
+        _log(f"model.attention_backend=auto -> {model.attention_backend!r} ({reason})")
+
+
+def _log(message: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"fmjax: {message}", flush=True)

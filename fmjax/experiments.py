@@ -118,8 +118,8 @@ SHAPES = {
 # The block fields every Transformer family shares (fmjax/models/transformer.py).
 _BLOCK_FIELDS = dict(
     compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
-    attention_backend="xla",  # "xla" | "cudnn" (GPU) via jax.nn.dot_product_attention
-    remat="none",  # "none" | "dots_saveable" | "full": recompute activations per block
+    attention_backend="auto",  # auto | xla | cudnn (GPU) | splash (TPU); README, Accelerators
+    remat="none",  # none | dots_with_no_batch_dims_saveable | dots_saveable | full (README)
     scan_layers=False,  # True: blocks stacked on a "layers" axis, one scan
 )
 

@@ -10,6 +10,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fmjax.models.attention_backends import (
+    AttentionMask,
+    as_attention_mask,
+    cudnn_attention,
+    splash_attention,
+)
+from fmjax.models.dropout import dropout
 from fmjax.models.embeddings import apply_rotary
 from fmjax.parallel.sharding import constrain
 
@@ -34,7 +41,8 @@ def segment_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> ja
 
 def attention_probabilities(query: jax.Array, key: jax.Array, mask: jax.Array | None) -> jax.Array:
     """softmax(Q Kᵀ / √d_k) in float32, [B, H, Lq, Lk], of [B, L, H, D] queries and keys."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    # The scores feed a softmax: accumulated and returned in float32 even from bfloat16 inputs.
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(query.shape[-1]))
     if mask is not None:
         scores = jnp.where(mask, scores, MASKED_OUT)
@@ -45,21 +53,30 @@ def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
     value: jax.Array,
-    mask: jax.Array | None,
+    mask: AttentionMask | jax.Array | None,
     *,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     deterministic: bool = True,
     backend: str = "xla",
 ) -> jax.Array:
-    """Attention over [B, L, H, D] inputs; `mask` broadcasts to [B, H, Lq, Lk] (True = attend)."""
+    """Attention over [B, L, H, D] inputs; `mask` is an AttentionMask or a boolean array that
+    broadcasts to [B, H, Lq, Lk] (True = attend). backend: "xla" (this einsum path, the
+    reference), "cudnn" or "splash" (fused kernels; see attention_backends.py)."""
+    mask = as_attention_mask(mask)
     use_dropout = dropout_rate > 0.0 and not deterministic
-    if backend == "cudnn" and not use_dropout:
-        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
-    probs = attention_probabilities(query, key, mask)
+    if backend != "xla" and use_dropout:
+        # check_attention_backend refuses this combination at start; reaching it is a bug.
+        raise ValueError(f"the {backend} attention kernel cannot apply attention dropout")
+    if backend == "cudnn":
+        return cudnn_attention(query, key, value, mask)
+    if backend == "splash":
+        return splash_attention(query, key, value, mask)
+    if backend != "xla":
+        raise ValueError(f"unknown attention backend {backend!r}")
+    probs = attention_probabilities(query, key, mask.dense(query.shape[1], key.shape[1]))
     if use_dropout:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = dropout(probs, dropout_rate, dropout_rng)
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
 
 
@@ -105,7 +122,7 @@ class MultiHeadAttention(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array | None,
+        mask: AttentionMask | jax.Array | None,
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
@@ -119,9 +136,11 @@ class MultiHeadAttention(nnx.Module):
         cache: {"key", "value"} [B, S, H, D]; this call's keys/values are written at slots
         cache_index .. cache_index + L and attention runs over all S slots (`mask` is then
         [B, 1, L, S] and decides which slots are visible).
+        mask: an AttentionMask (what fused kernels understand), a boolean array broadcasting
+        to [B, 1, Lq, Lk], or None.
         """
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-        query, key, value = (constrain(p(x), head_axes) for p in (self.query, self.key, self.value))
+        query, key, value = (constrain(y, head_axes) for y in self.project_qkv(x))
         if self.rotary:
             if positions is None:
                 raise ValueError("a rotary attention module needs token positions")
@@ -137,6 +156,7 @@ class MultiHeadAttention(nnx.Module):
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = rngs.dropout()
+        mask = as_attention_mask(mask)
         attended = dot_product_attention(
             query,
             key,
@@ -145,10 +165,29 @@ class MultiHeadAttention(nnx.Module):
             dropout_rate=self.dropout_rate,
             dropout_rng=dropout_rng,
             deterministic=deterministic,
-            backend=self.backend,
+            # Decoding one token against a KV cache is no kernel's shape: the einsum reference.
+            backend=self.backend if cache is None else "xla",
         )
         if self.sow_attention_probabilities:
-            probabilities = attention_probabilities(query, key, mask)
+            dense = mask.dense(query.shape[1], key.shape[1])
+            probabilities = attention_probabilities(query, key, dense)
             self.sow(nnx.Intermediate, "attention_probabilities", probabilities)
         out = self.out(constrain(attended, head_axes))
         return out if new_cache is None else (out, new_cache)
+
+    def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries, keys and values [B, L, H, D] of x [B, L, embed] in one matmul.
+
+        The three kernels stay separate parameters (their paths and shardings are what
+        checkpoints, HF weight exchange and the sharding rules name); stacking them on a new
+        axis at compute time makes one [embed] x [3, H, D] matmul, and keeps heads where the
+        sharding put them.
+        """
+        projections = (self.query, self.key, self.value)
+        dtype = self.query.dtype
+        kernel = jnp.stack([p.kernel[...] for p in projections], axis=1).astype(dtype)
+        qkv = jnp.einsum("ble,ekhd->kblhd", x.astype(dtype), kernel)
+        if self.query.use_bias:
+            bias = jnp.stack([p.bias[...] for p in projections]).astype(dtype)
+            qkv = qkv + bias[:, None, None]
+        return qkv[0], qkv[1], qkv[2]

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from fmjax.models.attention import padding_mask
+from fmjax.models.attention_backends import AttentionMask
+from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
 from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype, dense, layer_norm
 from fmjax.parallel.sharding import constrain
@@ -30,7 +31,7 @@ class BertEncoder(nnx.Module):
         self.position_embed = Embedding(config.max_seq_len, d, "position", dtype=dtype, rngs=rngs)
         self.type_embed = Embedding(config.type_vocab_size, d, "token_type", dtype=dtype, rngs=rngs)
         self.embed_norm = layer_norm(d, config.layer_norm_epsilon, rngs=rngs)
-        self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        self.embed_dropout = Dropout(config.dropout_rate)
         self.encoder = Stack(config, rngs=rngs)
         self.dtype = dtype
 
@@ -68,7 +69,8 @@ class BertEncoder(nnx.Module):
         x = x + self.type_embed(token_type_ids)
         x = self.embed_norm(x.astype(jnp.float32))
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
-        return self.encoder(x, padding_mask(attention_mask), deterministic=deterministic, rngs=rngs)
+        mask = AttentionMask(key_padding=attention_mask)
+        return self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
 
 
 class Bert(BertEncoder):

@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from fmjax.models.bert import BertEncoder
+from fmjax.models.dropout import Dropout
 from fmjax.models.transformer import dense
 from fmjax.parallel.sharding import constrain
 
@@ -33,10 +34,17 @@ class BertClassifier(BertEncoder):
             if config.get("pooler", False)
             else None
         )
-        self.classifier_dropout = nnx.Dropout(
+        self.classifier_dropout = Dropout(
             config.get("classifier_dropout_rate", config.dropout_rate)
         )
-        self.classifier = dense(d, config.num_classes, ("embed", "classes"), dtype=dtype, rngs=rngs)
+        self.classifier = dense(
+            d,
+            config.num_classes,
+            ("embed", "classes"),
+            dtype=dtype,
+            rngs=rngs,
+            preferred_element_type=jnp.float32,  # logits feed the loss
+        )
 
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
         """The token embeddings [B, L, embed_dim] (the input of gradient x input attributions)."""

@@ -25,7 +25,8 @@ import ml_collections
 from flax import nnx
 
 from fmjax.errors import ConfigError
-from fmjax.models.attention import padding_mask
+from fmjax.models.attention_backends import AttentionMask
+from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
 from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
 from fmjax.models.vit import ImageEncoder
@@ -95,7 +96,7 @@ class TextTower(nnx.Module):
         self.pad_id = int(config.get("pad_id", 0))
         self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
         self.position_embed = Embedding(config.max_seq_len, d, "position", dtype=dtype, rngs=rngs)
-        self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        self.embed_dropout = Dropout(config.dropout_rate)
         self.encoder = Stack(config, rngs=rngs)
 
     def __call__(
@@ -106,7 +107,8 @@ class TextTower(nnx.Module):
         x = self.token_embed(input_ids) + self.position_embed(positions)
         x = constrain(x.astype(jnp.float32), HIDDEN_AXES)
         x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
-        hidden = self.encoder(x, padding_mask(real), deterministic=deterministic, rngs=rngs)
+        mask = AttentionMask(key_padding=real)  # captions are padded on the right
+        hidden = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = real.astype(jnp.float32)[:, :, None]

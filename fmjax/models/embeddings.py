@@ -21,8 +21,13 @@ class Embedding(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """x @ tableᵀ: scores against every row (the tied output projection)."""
-        return jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(self.dtype))
+        """x @ tableᵀ: float32 scores against every row (the tied output projection).
+
+        The scores feed a softmax / loss, so they accumulate and come out in float32 whatever
+        the compute dtype of x and the table.
+        """
+        table = self.embedding[...].astype(self.dtype)
+        return jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
 
 
 def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10_000.0) -> jax.Array:

@@ -12,6 +12,8 @@ import ml_collections
 from flax import nnx
 
 from fmjax.models.attention import NORMAL_INIT, segment_mask
+from fmjax.models.attention_backends import AttentionMask
+from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
 from fmjax.models.transformer import (
     HIDDEN_AXES,
@@ -61,7 +63,7 @@ class Gpt(nnx.Module):
             if config.position_embedding == "learned"
             else None
         )
-        self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        self.embed_dropout = Dropout(config.dropout_rate)
         self.decoder = Stack(config, rngs=rngs)  # ends with the final LayerNorm (pre-LN)
         scale_residual_projections(self.decoder, config.num_layers)
         self.lm_head = (
@@ -100,8 +102,8 @@ class Gpt(nnx.Module):
         x = constrain(x, HIDDEN_AXES)
         length = input_ids.shape[1]
         if cache is None:
-            slots = jnp.arange(length)
-            mask = causal_segment_mask(segment_ids, segment_ids, slots, slots)
+            # causal_segment_mask(segment_ids, segment_ids, slots, slots), as structure.
+            mask = AttentionMask(segment_ids=segment_ids, causal=True)
             hidden = self.decoder(
                 x, mask, deterministic=deterministic, rngs=rngs, positions=positions
             )
@@ -132,7 +134,8 @@ class Gpt(nnx.Module):
         if self.lm_head is None:
             logits = self.token_embed.attend(hidden)
         else:
-            logits = jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(self.dtype))
+            head = self.lm_head[...].astype(self.dtype)
+            logits = jnp.einsum("...d,dv->...v", hidden, head, preferred_element_type=jnp.float32)
         logits = logits.astype(jnp.float32)
         return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 

@@ -9,6 +9,8 @@ from flax import nnx
 
 from fmjax.errors import ConfigError
 from fmjax.models.attention import NORMAL_INIT, MultiHeadAttention
+from fmjax.models.attention_backends import check_attention_backend
+from fmjax.models.dropout import Dropout
 from fmjax.parallel.sharding import constrain
 
 HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -19,12 +21,22 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     return jnp.dtype(config.compute_dtype)
 
 
-def dense(features_in: int, features_out: int, axes: tuple[str, str], *, dtype, rngs) -> nnx.Linear:
-    """A Linear layer with BERT init and logical axis names on kernel and bias."""
+def dense(
+    features_in: int,
+    features_out: int,
+    axes: tuple[str, str],
+    *,
+    dtype,
+    rngs,
+    preferred_element_type=None,
+) -> nnx.Linear:
+    """A Linear layer with BERT init and logical axis names on kernel and bias
+    (preferred_element_type=float32 for outputs that feed a softmax or a loss)."""
     return nnx.Linear(
         features_in,
         features_out,
         dtype=dtype,
+        preferred_element_type=preferred_element_type,
         kernel_init=nnx.with_partitioning(NORMAL_INIT, axes),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
         rngs=rngs,
@@ -79,7 +91,7 @@ class Block(nnx.Module):
             config.head_dim,
             dropout_rate=config.attention_dropout_rate,
             dtype=dtype,
-            backend=config.attention_backend,
+            backend=check_attention_backend(config, jax.default_backend()),
             rngs=rngs,
             use_bias=config.get("use_bias", True),
             rotary=config.get("position_embedding", "learned") == "rotary",
@@ -93,7 +105,7 @@ class Block(nnx.Module):
         )
         self.attention_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
         self.mlp_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         self.pre_norm = config.norm_position == "pre"
         self.dtype = dtype
 
@@ -143,12 +155,16 @@ class Block(nnx.Module):
 
 
 # model.remat -> the jax.checkpoint policy of every block: what its forward pass keeps for the
-# backward pass. "none" keeps every activation; "dots_saveable" keeps the matmul outputs and
-# recomputes the rest (GELU, softmax, norms, dropout); "full" keeps only the block's input and
-# recomputes the whole block (least memory, about one more forward pass of compute).
+# backward pass. "none" keeps every activation; "dots_saveable" keeps every matmul output and
+# recomputes the rest (GELU, softmax, norms, dropout); "dots_with_no_batch_dims_saveable" keeps
+# only the weight matmuls' outputs; "full" keeps only the block's input and recomputes the
+# whole block (least memory, about one more forward pass of compute).
 REMAT_POLICIES = {
     "none": None,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # MaxText's usual choice: keeps the projections' and MLP's matmul outputs but not the
+    # batched attention matmuls (QKᵀ, PV: [B, H, L, L]-sized), recomputed from Q, K, V.
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 

@@ -15,6 +15,7 @@ import ml_collections
 from flax import nnx
 
 from fmjax.errors import ConfigError
+from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding, PatchEmbedding
 from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
 from fmjax.parallel.sharding import constrain
@@ -83,7 +84,7 @@ class ImageEncoder(nnx.Module):
             else None
         )
         self.position_embed = Embedding(num_tokens(config), d, "position", dtype=dtype, rngs=rngs)
-        self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        self.embed_dropout = Dropout(config.dropout_rate)
         self.encoder = Stack(config, rngs=rngs)  # pre-LN: ends with the final LayerNorm
         self.dtype = dtype
 
@@ -118,6 +119,7 @@ class VisionTransformer(ImageEncoder):
             config.embed_dim,
             config.num_classes,
             dtype=self.dtype,
+            preferred_element_type=jnp.float32,  # logits feed the loss: float32 accumulation
             kernel_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "classes")),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
             rngs=rngs,

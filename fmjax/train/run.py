@@ -53,11 +53,36 @@ class Run:
         with one_process_at_a_time(str(self.config.data.get("data_dir", "."))):
             return self.task.build_data()
 
+    def lower_train_step(self, program: TrainProgram | None = None) -> Any:
+        """The train step (of `program`, default this run's) lowered from abstract inputs."""
+        program = program or self.program
+        batch = abstract_batch(self.task, int(self.config.train.batch_size), program.batch_sharding)
+        return program.train_step.lower(program.abstract_state, batch)
+
     def compile_train_step(self) -> Any:
         """AOT-compiles the train step from abstract inputs (nothing allocated)."""
-        batch_size = int(self.config.train.batch_size)
-        batch = abstract_batch(self.task, batch_size, self.program.batch_sharding)
-        return self.program.train_step.lower(self.program.abstract_state, batch).compile()
+        return self.lower_train_step().compile()
+
+    def xla_flops_per_step(self, lowered: Any) -> float:
+        """XLA's FLOP count of one whole train step (`lowered`: this run's), every loop trip
+        counted.
+
+        XLA's cost analysis counts a loop body once, so with scan_layers or grad_accum_steps > 1
+        it would see one layer / one microbatch. The count is taken instead from a twin of the
+        step with the layers unrolled and the batch in one piece (the same arithmetic), on the
+        unpartitioned HLO (lowered, not compiled: all devices' work, without the redundancy of
+        replicated computations).
+        """
+        twin = self.config.copy_and_resolve_references()
+        loops = bool(twin.model.get("scan_layers")) or int(twin.train.grad_accum_steps) > 1
+        if loops:
+            if "scan_layers" in twin.model:
+                twin.model.scan_layers = False
+            twin.train.grad_accum_steps = 1
+            lowered = self.lower_train_step(build_program(twin, self.task, self.mesh))
+        cost = lowered.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) if cost else 0.0
 
     def flops_per_step(self) -> float:
         """Model FLOPs of one train step (the task's formula times the global batch)."""
