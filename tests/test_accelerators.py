@@ -124,6 +124,11 @@ def test_auto_picks_the_fused_kernel_each_platform_allows():
     assert check_attention_backend(model_fields(attention_dropout_rate=0.1), "gpu") == "xla"
     assert check_attention_backend(model_fields(compute_dtype="float32"), "gpu") == "xla"
     assert check_attention_backend(model_fields(), "tpu", seq_len=100) == "xla"
+    # Contrastive towers are checked each: 8 x 8 image patches are no 128-token splash tile.
+    contrastive = experiment_config("contrastive_tiny").model
+    contrastive.compute_dtype = "bfloat16"
+    assert check_attention_backend(contrastive, "gpu") == "cudnn"
+    assert check_attention_backend(contrastive, "tpu") == "xla"
 
 
 @pytest.mark.parametrize(

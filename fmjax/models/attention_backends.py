@@ -118,7 +118,8 @@ def kernel_problem(
         return f"cuDNN flash attention needs bfloat16/float16, model.compute_dtype={dtype!r}"
     for tower in ("image", "text"):  # contrastive towers: shared fields above, sizes their own
         if tower in model:
-            problem = kernel_problem(backend, {**model, **model[tower]}, platform, None)
+            shared = {k: v for k, v in model.items() if k not in ("image", "text")}
+            problem = kernel_problem(backend, {**shared, **model[tower]}, platform, None)
             if problem:
                 return f"model.{tower}: {problem}"
     head_dim = int(model.get("head_dim", 64))
