@@ -30,88 +30,40 @@ EXPERIMENTS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
 )
 
+
+def _size(embed_dim: int, num_layers: int, num_heads: int, mlp_dim: int, head_dim: int, **more):
+    """The fields of one Transformer size (plus `more`, e.g. the vocabulary)."""
+    return dict(
+        embed_dim=embed_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        mlp_dim=mlp_dim,
+        **more,
+    )
+
+
 # The size of each family's Transformer: the fields a shape name sets, on top of the family's
-# fields below. BERT-mini is Turc et al. 2019's (4 layers, hidden 256; "Well-Read Students").
+# fields below. Columns: embed_dim, num_layers, num_heads, mlp_dim, head_dim.
 SHAPES = {
     "bert": {
         # Trained on Shakespeare with its own 8192-token WordPiece (experiments/bert_tiny.py).
-        "tiny": dict(
-            vocab_size=8192,
-            embed_dim=256,
-            num_layers=4,
-            num_heads=4,
-            head_dim=64,
-            mlp_dim=1024,
-            max_seq_len=128,
-        ),
-        "mini": dict(
-            vocab_size=30522,
-            embed_dim=256,
-            num_layers=4,
-            num_heads=4,
-            head_dim=64,
-            mlp_dim=1024,
-            max_seq_len=512,
-        ),
-        "base": dict(
-            vocab_size=30522,
-            embed_dim=768,
-            num_layers=12,
-            num_heads=12,
-            head_dim=64,
-            mlp_dim=3072,
-            max_seq_len=512,
-        ),
-        "large": dict(
-            vocab_size=30522,
-            embed_dim=1024,
-            num_layers=24,
-            num_heads=16,
-            head_dim=64,
-            mlp_dim=4096,
-            max_seq_len=512,
-        ),
+        "tiny": _size(256, 4, 4, 1024, 64, vocab_size=8192, max_seq_len=128),
+        # BERT-Mini of Turc et al. 2019 ("Well-Read Students Learn Better").
+        "mini": _size(256, 4, 4, 1024, 64, vocab_size=30522, max_seq_len=512),
+        "base": _size(768, 12, 12, 3072, 64, vocab_size=30522, max_seq_len=512),
+        "large": _size(1024, 24, 16, 4096, 64, vocab_size=30522, max_seq_len=512),
     },
     "gpt": {
         # Trained on Shakespeare with its own 4096-token byte-level BPE (experiments/gpt_tiny.py).
-        "tiny": dict(
-            vocab_size=4096,
-            embed_dim=256,
-            num_layers=4,
-            num_heads=4,
-            head_dim=64,
-            mlp_dim=1024,
-            max_seq_len=128,
-        ),
+        "tiny": _size(256, 4, 4, 1024, 64, vocab_size=4096, max_seq_len=128),
         # GPT-2 small (124M). 50257 = GPT-2's vocabulary; tensor parallelism needs a multiple of
         # mesh.tensor (e.g. --config.model.vocab_size=50304, as nanoGPT pads it for speed).
-        "small": dict(
-            vocab_size=50257,
-            embed_dim=768,
-            num_layers=12,
-            num_heads=12,
-            head_dim=64,
-            mlp_dim=3072,
-            max_seq_len=1024,
-        ),
+        "small": _size(768, 12, 12, 3072, 64, vocab_size=50257, max_seq_len=1024),
     },
     "vit": {
-        "tiny": dict(
-            patch_size=4,
-            embed_dim=128,
-            num_layers=4,
-            num_heads=4,
-            head_dim=32,
-            mlp_dim=256,
-        ),
-        "b16": dict(
-            patch_size=16,
-            embed_dim=768,
-            num_layers=12,
-            num_heads=12,
-            head_dim=64,
-            mlp_dim=3072,
-        ),
+        "tiny": _size(128, 4, 4, 256, 32, patch_size=4),
+        "b16": _size(768, 12, 12, 3072, 64, patch_size=16),
     },
 }
 
