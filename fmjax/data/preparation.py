@@ -178,7 +178,8 @@ def prepare_text(config: Any, layout: str, *, workers: int | None = None) -> Pre
                 record = write_record(plan, provenance, results)
     else:
         check_sources(config, record)
-    return open_prepared(record, directory, int(config.model.vocab_size))
+    vocab = int(config.model.vocab_size)
+    return open_prepared(record, directory, vocab, tokenizer_path(config, layout))
 
 
 @contextlib.contextmanager
@@ -243,14 +244,19 @@ def check_sources(config: Any, record: dict) -> None:
         )
 
 
-def open_prepared(record: dict, directory: str, target_vocab: int) -> PreparedText:
-    """The tokenizer and per-split sources of a prepared dataset, from its record."""
-    tokenizer_info = record["tokenizer"]
-    path = tokenizer_info["path"]
+def open_prepared(record: dict, directory: str, target_vocab: int, path: str) -> PreparedText:
+    """The tokenizer (at `path`, today's location of the recorded one) and per-split sources of
+    a prepared dataset, from its record."""
     if not os.path.exists(path):
         raise ConfigError(
             f"tokenizer {path} of {directory} is missing; delete the folder to redo it"
         )
+    if sha256_of(path) != record["tokenizer"]["sha256"]:
+        raise ConfigError(
+            f"tokenizer {path} is not the one {directory} was prepared with; restore it or "
+            "delete the folder to prepare again"
+        )
+    tokenizer_info = {**record["tokenizer"], "path": path}  # a given file may have moved
     tokenizer = _load_tokenizer(record["layout"], path, bool(tokenizer_info.get("given")))
     vocab_size = tokenizer.get_vocab_size()
     if vocab_size > target_vocab:
