@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict()
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = DEFAULT_DATA_DIR
+    # Input pipeline (fmjax/data/pipeline.py); none of these changes the batches.
+    config.data.worker_count = 0  # grain worker processes decoding/augmenting; 0: in-process
+    config.data.read_threads = 1  # threads per process reading batches ahead
+    config.data.prefetch_buffer = 4  # batches read ahead (per worker)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 1000

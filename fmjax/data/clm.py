@@ -10,7 +10,7 @@ import tokenizers
 
 from fmjax.data import preparation
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.pipeline import fixed_batches, make_loader
+from fmjax.data.pipeline import fixed_batches, loader_options, make_loader
 from fmjax.data.task_data import TaskData
 from fmjax.data.text import causal_lm_example
 from fmjax.errors import ConfigError
@@ -58,7 +58,12 @@ def build_clm_data(config: Any) -> TaskData:
     tokenizer_lib.check_ids_fit((eot,), vocab, path)
     batch_size = int(config.train.batch_size)
     train = make_loader(
-        prepared.sources["train"], _example, global_batch_size=batch_size, seed=int(config.seed)
+        prepared.sources["train"],
+        None,
+        batch_transform=_batch_examples,
+        global_batch_size=batch_size,
+        seed=int(config.seed),
+        **loader_options(config),
     )
     eval_batches = fixed_batches(
         prepared.sources["validation"],
@@ -78,3 +83,8 @@ def build_clm_data(config: Any) -> TaskData:
 def _example(row: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     del rng  # causal-LM examples are not randomized
     return causal_lm_example(row["input_ids"], row["segment_ids"])
+
+
+def _batch_examples(rows: dict[str, np.ndarray], positions: np.ndarray) -> dict[str, np.ndarray]:
+    del positions  # causal-LM batches are not randomized
+    return causal_lm_example(rows["input_ids"], rows["segment_ids"])  # the whole batch at once

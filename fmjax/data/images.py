@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fmjax.data.corpora import open_prepared_tfds
-from fmjax.data.pipeline import make_loader
+from fmjax.data.pipeline import loader_options, make_loader
 from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
 
@@ -228,7 +228,13 @@ def build_image_data(config: Any) -> TaskData:
             f"{config.data.image_size}; set both to the same size"
         )
     batch_size, seed = int(config.train.batch_size), int(config.seed)
-    train = make_loader(train_source, train_transform, global_batch_size=batch_size, seed=seed)
+    train = make_loader(
+        train_source,
+        train_transform,
+        global_batch_size=batch_size,
+        seed=seed,
+        **loader_options(config),
+    )
     # Eval takes no randomness, but the transform signature carries an rng all the same.
     eval_batches = EvalBatches(eval_source, eval_transform, batch_size, seed)
     provenance["num_eval_batches"] = len(eval_batches)

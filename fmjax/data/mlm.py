@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.pipeline import fixed_batches, make_loader
+from fmjax.data.pipeline import fixed_batches, loader_options, make_loader, position_uniforms
 from fmjax.data.preparation import prepare_text
 from fmjax.data.task_data import TaskData
-from fmjax.data.text import mask_for_mlm
+from fmjax.data.text import mask_batch_for_mlm, mask_for_mlm
 
 EVAL_SEED_OFFSET = 1_000_003  # eval masking uses its own stream, fixed for the whole run
 
@@ -33,7 +33,19 @@ def build_mlm_data(config: Any) -> TaskData:
     )
     batch_size = int(config.train.batch_size)
     train = make_loader(
-        prepared.sources["train"], transform, global_batch_size=batch_size, seed=int(config.seed)
+        prepared.sources["train"],
+        None,
+        batch_transform=functools.partial(
+            mask_train_batch,
+            seed=int(config.seed),
+            special=special,
+            mask_prob=float(config.task.mask_prob),
+            max_predictions=int(config.task.max_predictions),
+            vocab_size=prepared.vocab_size,
+        ),
+        global_batch_size=batch_size,
+        seed=int(config.seed),
+        **loader_options(config),
     )
     eval_batches = fixed_batches(
         prepared.sources["validation"],
@@ -47,6 +59,32 @@ def build_mlm_data(config: Any) -> TaskData:
         eval_batches=eval_batches,
         provenance={**prepared.provenance, "seq_len": seq_len},
         tokenizer=prepared.tokenizer,
+    )
+
+
+def mask_train_batch(
+    rows: dict[str, np.ndarray],
+    positions: np.ndarray,
+    *,
+    seed: int,
+    special: tokenizer_lib.WordpieceIds = tokenizer_lib.FMJAX_WORDPIECE_IDS,
+    mask_prob: float,
+    max_predictions: int,
+    vocab_size: int,
+) -> dict[str, np.ndarray]:
+    """Train masking of a batch of rows, vectorized; draws hash (seed, stream position)."""
+    input_ids = np.asarray(rows["input_ids"])
+    length = input_ids.shape[1]
+    return mask_batch_for_mlm(
+        input_ids,
+        position_uniforms(seed, positions, length, stream=0),
+        position_uniforms(seed, positions, max_predictions, stream=1),
+        position_uniforms(seed, positions, max_predictions, stream=2),
+        mask_prob=mask_prob,
+        mask_id=special.mask,
+        vocab_size=vocab_size,
+        special_ids=special.all(),
+        pad_id=special.pad,
     )
 
 

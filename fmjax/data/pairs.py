@@ -18,7 +18,7 @@ import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.images import normalize
-from fmjax.data.pipeline import make_loader
+from fmjax.data.pipeline import loader_options, make_loader
 from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
 
@@ -152,6 +152,7 @@ def build_pair_data(config: Any) -> TaskData:
         functools.partial(pair_example, train=True, crop_padding=crop_padding),
         global_batch_size=batch_size,
         seed=seed,
+        **loader_options(config),
     )
     held_out = EvalBatches(
         pairs["validation"],

@@ -25,7 +25,7 @@ import tokenizers
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.label_splits import select_splits
 from fmjax.data.labeled_files import is_files_dataset, read_labeled_splits
-from fmjax.data.pipeline import make_loader
+from fmjax.data.pipeline import loader_options, make_loader
 from fmjax.data.preparation import corpus_dir_name
 from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
@@ -192,7 +192,11 @@ def build_text_classification_data(config: Any) -> TaskData:
         encoded[split] = EncodedTexts(ids, np.asarray(labels, np.int32), mask, types)
     batch_size, seed = int(config.train.batch_size), int(config.seed)
     train = make_loader(
-        encoded["train"], classification_example, global_batch_size=batch_size, seed=seed
+        encoded["train"],
+        classification_example,
+        global_batch_size=batch_size,
+        seed=seed,
+        **loader_options(config),
     )
     held_out = EvalBatches(encoded[eval_split], classification_example, batch_size, seed)
     provenance = {

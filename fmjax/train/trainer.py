@@ -133,6 +133,7 @@ def _train_loop(run: Run, data: TaskData, workdir: str) -> dict[str, float]:
                 summary["preempted_at_step"] = step
                 break
     finally:
+        batches.close()  # stops the loader's worker processes, if any
         progress.close()
         checkpoints.close()
         writer.close()
