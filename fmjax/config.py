@@ -160,6 +160,9 @@ def validate_config(
             raise ConfigError(
                 f"config has no '{section}' section; start from fmjax.config.base_config()"
             )
+    from fmjax.models import model_settings
+
+    model_settings(config.model)  # every model field known and of its type, or a ConfigError
     mesh = resolve_mesh_shape(config.mesh, num_devices)
     batch_size = int(config.train.batch_size)
     data_parallel = mesh["data"] * mesh["fsdp"]

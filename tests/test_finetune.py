@@ -24,7 +24,7 @@ from fmjax.data.corpora.rotten_tomatoes import CSV_FILE, RottenTomatoes, is_test
 from fmjax.data.corpora.wordnet_supersenses import LEXNAMES, WordnetSupersenses, is_test_gloss
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
-from fmjax.models.bert import Bert
+from fmjax.models import build_model
 from fmjax.params_io import flat_names, resolve_checkpoint, stacked_layers, unrolled_shapes
 from fmjax.tasks.text_classification import classification_metrics, confusion_matrix
 from fmjax.tools import attributions, compress
@@ -236,8 +236,10 @@ def pretrained(tmp_path_factory):
     sha = sha256_file(tokenizer_path)
     model_config = experiment().model
     model_config.update(family="bert", compute_dtype="float32")
+    for head_field in ("num_classes", "pooler", "classifier_dropout_rate"):
+        del model_config[head_field]  # the pretrained BERT has no classifier
     with nnx.use_eager_sharding(False):
-        params = nnx.to_pure_dict(nnx.state(Bert(model_config, rngs=nnx.Rngs(7)), nnx.Param))
+        params = nnx.to_pure_dict(nnx.state(build_model(model_config, nnx.Rngs(7)), nnx.Param))
     checkpoints = Checkpointer(workdir, 1, 1, async_save=False)
     state = {"step": jnp.int32(5), "params": params, "opt_state": {}}
     checkpoints.save(5, state, {"step": 5, "tokenizer_sha256": sha}, force=True)

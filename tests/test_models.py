@@ -1,4 +1,6 @@
-"""Blocks and BERT against naive references; parameter annotations and counts."""
+"""Blocks and BERT against naive references; parameter annotations and counts; settings."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
-from fmjax.models import build_model
+from fmjax.models import build_model, model_settings
 from fmjax.models.attention import (
     MultiHeadAttention,
     causal_mask,
@@ -163,3 +166,34 @@ def test_bert_base_has_the_reference_parameter_count():
 def test_constrain_is_a_no_op_without_a_mesh():
     x = jnp.ones((4, 3))
     assert constrain(x, ("activation_batch", "activation_embed")) is x
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("num_layrs", 2, r"unknown field model\.num_layrs for BertConfig"),
+        ("num_layers", "2", r"model\.num_layers must be a int, got '2'"),
+        ("scan_layers", 1, r"model\.scan_layers must be a bool"),
+        ("norm_position", "middle", r"model\.norm_position must be one of \['pre', 'post'\]"),
+    ],
+)
+def test_model_settings_name_the_wrong_field(field, value, message):
+    config = experiment_config("bert_tiny", "smoke")
+    settings = model_settings(config.model)
+    assert (settings.num_layers, settings.scan_layers) == (2, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.num_layers = 3
+    model = config.model.to_dict()  # a ConfigDict refuses other types itself; a JSON file does not
+    model[field] = value
+    with pytest.raises(ConfigError, match=message):
+        model_settings(model)
+
+
+def test_contrastive_towers_take_the_shared_fields_unless_they_set_them():
+    config = experiment_config("contrastive_tiny", "smoke")
+    config.model.image.dropout_rate = 0.0
+    settings = model_settings(config.model)
+    assert (settings.image.dropout_rate, settings.text.dropout_rate) == (0.0, 0.1)
+    config.model.text.pooling = "max"
+    with pytest.raises(ConfigError, match=r"model\.text\.pooling must be one of"):
+        model_settings(config.model)

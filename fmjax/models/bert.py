@@ -4,27 +4,40 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from fmjax.models.attention_backends import AttentionMask
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
-from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype, dense, layer_norm
+from fmjax.models.settings import settings
+from fmjax.models.transformer import (
+    HIDDEN_AXES,
+    Stack,
+    TransformerConfig,
+    compute_dtype,
+    dense,
+    layer_norm,
+)
 from fmjax.parallel.sharding import constrain
+
+
+@settings
+class BertConfig(TransformerConfig):
+    """config.model of model.family="bert": the Transformer fields plus the embeddings'."""
+
+    vocab_size: int
+    max_seq_len: int
+    type_vocab_size: int
 
 
 class BertEncoder(nnx.Module):
     """Token + position + token-type embeddings, LayerNorm and a Transformer stack (no head).
 
-    Config fields (config.model): vocab_size, embed_dim, num_layers, num_heads, head_dim,
-    mlp_dim, max_seq_len, type_vocab_size, dropout_rate, attention_dropout_rate,
-    layer_norm_epsilon, norm_position ("post"), compute_dtype, attention_backend.
     Heads subclass it, so every BERT model shares these parameter paths (a pretrained
     checkpoint loads into any of them).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         dtype = compute_dtype(config)
         d = config.embed_dim
         self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
@@ -76,7 +89,9 @@ class BertEncoder(nnx.Module):
 class Bert(BertEncoder):
     """BERT with the masked-LM head tied to the token embeddings."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    config_class = BertConfig
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
         dtype, d = self.dtype, config.embed_dim
         # MLM head: dense -> GELU -> LayerNorm, then the tied decoder plus a per-token bias.
@@ -112,3 +127,6 @@ class Bert(BertEncoder):
         logits = self.token_embed.attend(x.astype(self.dtype)).astype(jnp.float32)
         logits = logits + self.mlm_bias[...]
         return constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+Model = Bert  # model.family="bert" (fmjax/models/__init__.py)

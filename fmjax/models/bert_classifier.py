@@ -5,38 +5,46 @@ The embeddings and the encoder are built exactly as in fmjax/models/bert.py, und
 attribute names (token_embed, position_embed, type_embed, embed_norm, encoder), so a pretrained
 BERT checkpoint's params load into it by path (train.init_from); pooler and classifier are new.
 
-Config fields (config.model): those of fmjax.models.bert.Bert, plus num_classes,
-pooler (bool: dense + tanh on [CLS], as BERT's next-sentence pooler) and
-classifier_dropout_rate (defaults to dropout_rate).
+Config fields (config.model): BertClassifierConfig.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from fmjax.models.bert import BertEncoder
+from fmjax.models.bert import BertConfig, BertEncoder
 from fmjax.models.dropout import Dropout
+from fmjax.models.settings import settings
 from fmjax.models.transformer import dense
 from fmjax.parallel.sharding import constrain
+
+
+@settings
+class BertClassifierConfig(BertConfig):
+    """config.model of model.family="bert_classifier": BERT's fields plus the head's."""
+
+    num_classes: int
+    pooler: bool = False  # dense + tanh on [CLS], as BERT's next-sentence pooler
+    classifier_dropout_rate: float | None = None  # None: dropout_rate
 
 
 class BertClassifier(BertEncoder):
     """int32 token ids [B, L] and attention mask [B, L] -> class logits float32 [B, C]."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    config_class = BertClassifierConfig
+
+    def __init__(self, config: BertClassifierConfig, *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
         dtype, d = self.dtype, config.embed_dim
         self.pooler = (
             dense(d, d, ("embed", "embed_transform"), dtype=dtype, rngs=rngs)
-            if config.get("pooler", False)
+            if config.pooler
             else None
         )
-        self.classifier_dropout = Dropout(
-            config.get("classifier_dropout_rate", config.dropout_rate)
-        )
+        rate = config.classifier_dropout_rate
+        self.classifier_dropout = Dropout(config.dropout_rate if rate is None else rate)
         self.classifier = dense(
             d,
             config.num_classes,
@@ -90,3 +98,6 @@ class BertClassifier(BertEncoder):
             rngs=rngs,
             token_type_ids=token_type_ids,
         )
+
+
+Model = BertClassifier  # model.family="bert_classifier" (fmjax/models/__init__.py)

@@ -6,13 +6,8 @@ tokens, pooled at [CLS] or by the mean of real tokens), each followed by a bias-
 projection to projection_dim and L2 normalization; a learnable logit scale (log-parametrized) and
 bias that the loss (fmjax/tasks/contrastive.py) applies to the cosine similarities.
 
-Config fields (config.model): projection_dim, logit_scale_init (log of the initial scale: CLIP
-log(1/0.07), SigLIP log(10)), logit_bias_init (SigLIP -10; CLIP ignores the bias), and the fields
-both towers share: dropout_rate, attention_dropout_rate, layer_norm_epsilon, norm_position
-("pre"), compute_dtype, attention_backend. `model.image`: image_size, patch_size, num_channels,
-pooling ("cls" | "gap"), embed_dim, num_layers, num_heads, head_dim, mlp_dim. `model.text`:
-vocab_size, max_seq_len, pooling ("cls" | "mean"), pad_id (the tokenizer's [PAD], default 0),
-embed_dim, num_layers, num_heads, head_dim, mlp_dim.
+Config fields (config.model): ContrastiveConfig; the block fields set there (dropout, norms,
+dtype, ...) are shared by both towers, `model.image` and `model.text` hold each tower's size.
 """
 
 from __future__ import annotations
@@ -21,45 +16,64 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from fmjax.errors import ConfigError
 from fmjax.models.attention_backends import AttentionMask
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
-from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
-from fmjax.models.vit import ImageEncoder
+from fmjax.models.settings import settings
+from fmjax.models.transformer import HIDDEN_AXES, Stack, TransformerConfig, compute_dtype
+from fmjax.models.vit import ImageEncoder, ImageEncoderConfig
 from fmjax.parallel.sharding import constrain
 
 # CLIP clamps its learned temperature so the logits never exceed 100 x cosine (training
 # instability otherwise, Radford et al. 2021 section 2.5).
 MAX_LOGIT_SCALE = 100.0
-SHARED_FIELDS = (
-    "dropout_rate",
-    "attention_dropout_rate",
-    "layer_norm_epsilon",
-    "norm_position",
-    "compute_dtype",
-    "attention_backend",
-)
-# Block/Stack options a model config may set (remat, scan over layers, ...): shared when present.
-OPTIONAL_SHARED_FIELDS = ("remat", "scan_layers", "mlp_activation", "use_bias")
 TEXT_POOLINGS = ("cls", "mean")
 EMBEDDING_AXES = ("activation_batch", None)
 
 
-def tower_config(config: ml_collections.ConfigDict, tower: str) -> ml_collections.ConfigDict:
-    """config.model.<tower> plus the fields both towers share (dtype, norms, dropout)."""
-    merged = ml_collections.ConfigDict(config[tower].to_dict())
-    for field in SHARED_FIELDS:
-        merged[field] = config[field]
-    for field in OPTIONAL_SHARED_FIELDS:
-        if field in config:
-            merged[field] = config[field]
-    if merged.norm_position != "pre":
-        raise ConfigError("the contrastive towers are pre-LN: set model.norm_position='pre'")
-    return merged
+@settings
+class TextTowerConfig(TransformerConfig):
+    """`model.text`: a Transformer over caption tokens, pooled at [CLS] or by the mean."""
+
+    vocab_size: int
+    max_seq_len: int
+    pooling: str  # "cls": the [CLS] output | "mean": the mean over real tokens
+    pad_id: int = 0  # the tokenizer's [PAD] (fmjax trains its tokenizers with [PAD]=0)
+
+    def check(self, path: str) -> None:
+        """TransformerConfig.check, plus a known pooling."""
+        super().check(path)
+        if self.pooling not in TEXT_POOLINGS:
+            raise ConfigError(
+                f"{path}.pooling must be one of {TEXT_POOLINGS}, got {self.pooling!r}"
+            )
+
+
+@settings
+class ContrastiveConfig:
+    """config.model of model.family="contrastive": two towers and the shared embedding space.
+
+    The block fields below are the towers' defaults (a tower section may set its own).
+    """
+
+    image: ImageEncoderConfig
+    text: TextTowerConfig
+    projection_dim: int
+    logit_scale_init: float  # log of the initial scale: CLIP log(1/0.07), SigLIP log(10)
+    logit_bias_init: float  # SigLIP -10; CLIP ignores the bias
+    dropout_rate: float
+    attention_dropout_rate: float
+    layer_norm_epsilon: float
+    norm_position: str
+    compute_dtype: str
+    attention_backend: str = "auto"
+    remat: str = "none"
+    scan_layers: bool = False
+    mlp_activation: str = "gelu"
+    use_bias: bool = True
 
 
 def l2_normalize(x: jax.Array, epsilon: float = 1e-6) -> jax.Array:
@@ -84,16 +98,10 @@ def projection(features_in: int, features_out: int, *, dtype, rngs: nnx.Rngs) ->
 class TextTower(nnx.Module):
     """Token ids [B, L] ([CLS] first, [PAD] = 0 after the text) -> pooled [B, embed_dim]."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        if config.pooling not in TEXT_POOLINGS:
-            raise ConfigError(
-                f"model.text.pooling must be one of {TEXT_POOLINGS}, got {config.pooling!r}"
-            )
+    def __init__(self, config: TextTowerConfig, *, rngs: nnx.Rngs):
         dtype, d = compute_dtype(config), config.embed_dim
         self.pooling = config.pooling
-        # The tokenizer's [PAD] id (fmjax trains its tokenizers with [PAD]=0; data/pairs.py
-        # checks that the two agree).
-        self.pad_id = int(config.get("pad_id", 0))
+        self.pad_id = config.pad_id  # data/pairs.py checks that the tokenizer agrees
         self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
         self.position_embed = Embedding(config.max_seq_len, d, "position", dtype=dtype, rngs=rngs)
         self.embed_dropout = Dropout(config.dropout_rate)
@@ -130,10 +138,12 @@ class LogitScale(nnx.Module):
 class ContrastiveModel(nnx.Module):
     """(images [B, H, W, C], token ids [B, L]) -> L2-normalized embeddings, each [B, D]."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        image, text = tower_config(config, "image"), tower_config(config, "text")
+    config_class = ContrastiveConfig
+
+    def __init__(self, config: ContrastiveConfig, *, rngs: nnx.Rngs):
+        image, text = config.image, config.text
         dtype = compute_dtype(config)
-        self.image_tower = ImageEncoder(image, rngs=rngs, config_path="model.image")
+        self.image_tower = ImageEncoder(image, rngs=rngs)
         self.text_tower = TextTower(text, rngs=rngs)
         self.image_projection = projection(
             image.embed_dim, config.projection_dim, dtype=dtype, rngs=rngs
@@ -178,3 +188,6 @@ class ContrastiveModel(nnx.Module):
         """(exp(log scale) clamped at MAX_LOGIT_SCALE, bias), float32 scalars."""
         log_scale = jnp.minimum(self.logit.scale[...], math.log(MAX_LOGIT_SCALE))
         return jnp.exp(log_scale), self.logit.bias[...]
+
+
+Model = ContrastiveModel  # model.family="contrastive" (fmjax/models/__init__.py)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
+from fmjax.errors import ConfigError
 from fmjax.models.attention import NORMAL_INIT, segment_mask
 from fmjax.models.attention_backends import AttentionMask
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
+from fmjax.models.settings import settings
 from fmjax.models.transformer import (
     HIDDEN_AXES,
     Stack,
+    TransformerConfig,
     compute_dtype,
     scale_residual_projections,
 )
@@ -38,23 +40,36 @@ def causal_segment_mask(
     return causal[None, None] & segment_mask(query_segment_ids, key_segment_ids)
 
 
-class Gpt(nnx.Module):
-    """Token (+ learned position) embeddings, pre-LN blocks, final LN, tied or untied LM head.
+POSITION_EMBEDDINGS = ("learned", "rotary")
 
-    Config fields (config.model): vocab_size, embed_dim, num_layers, num_heads, head_dim,
-    mlp_dim, max_seq_len, position_embedding ("learned" | "rotary"), tie_embeddings,
-    dropout_rate, attention_dropout_rate, layer_norm_epsilon, norm_position ("pre"),
-    compute_dtype, attention_backend.
-    """
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        if config.norm_position != "pre":
-            raise ValueError("GPT blocks are pre-LN: set model.norm_position='pre'")
-        if config.position_embedding not in ("learned", "rotary"):
-            raise ValueError(
-                f"model.position_embedding must be 'learned' or 'rotary', "
-                f"got {config.position_embedding!r}"
+@settings
+class GptConfig(TransformerConfig):
+    """config.model of model.family="gpt": the Transformer fields plus the decoder's."""
+
+    vocab_size: int
+    max_seq_len: int
+    position_embedding: str  # "learned" | "rotary" (RoPE in every attention)
+    tie_embeddings: bool  # output head = the token embedding table (GPT-2); False: its own
+
+    def check(self, path: str) -> None:
+        """TransformerConfig.check, plus pre-LN blocks and a known position embedding."""
+        super().check(path)
+        if self.norm_position != "pre":
+            raise ConfigError(f"GPT blocks are pre-LN: set {path}.norm_position='pre'")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ConfigError(
+                f"{path}.position_embedding must be 'learned' or 'rotary', "
+                f"got {self.position_embedding!r}"
             )
+
+
+class Gpt(nnx.Module):
+    """Token (+ learned position) embeddings, pre-LN blocks, final LN, tied or untied LM head."""
+
+    config_class = GptConfig
+
+    def __init__(self, config: GptConfig, *, rngs: nnx.Rngs):
         dtype = compute_dtype(config)
         d = config.embed_dim
         self.token_embed = Embedding(config.vocab_size, d, "vocab", dtype=dtype, rngs=rngs)
@@ -64,7 +79,8 @@ class Gpt(nnx.Module):
             else None
         )
         self.embed_dropout = Dropout(config.dropout_rate)
-        self.decoder = Stack(config, rngs=rngs)  # ends with the final LayerNorm (pre-LN)
+        rotary = config.position_embedding == "rotary"
+        self.decoder = Stack(config, rotary=rotary, rngs=rngs)  # ends with the final LayerNorm
         scale_residual_projections(self.decoder, config.num_layers)
         self.lm_head = (
             None
@@ -115,7 +131,7 @@ class Gpt(nnx.Module):
             query_slots = index + jnp.arange(length)
             key_slots = jnp.arange(key_segments.shape[1])
             mask = causal_segment_mask(segment_ids, key_segments, query_slots, key_slots)
-            hidden, layers = self.decoder(
+            hidden, layers = self.decoder.decode(
                 x,
                 mask,
                 deterministic=deterministic,
@@ -155,3 +171,6 @@ class Gpt(nnx.Module):
             "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
             "index": jnp.int32(0),
         }
+
+
+Model = Gpt  # model.family="gpt" (fmjax/models/__init__.py)

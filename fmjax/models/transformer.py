@@ -1,22 +1,83 @@
-"""Transformer building blocks: MLP, Block (post-LN for BERT, pre-LN for the rest), Stack."""
+"""Transformer building blocks: their settings, MLP, Block (post-LN for BERT, pre-LN for the
+rest) and Stack (a loop or an nnx.scan over the blocks, each optionally rematerialized)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from fmjax.errors import ConfigError
 from fmjax.models.attention import NORMAL_INIT, MultiHeadAttention
-from fmjax.models.attention_backends import check_attention_backend
+from fmjax.models.attention_backends import AttentionMask, check_attention_backend
 from fmjax.models.dropout import Dropout
+from fmjax.models.settings import settings
 from fmjax.parallel.sharding import constrain
 
 HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
 
+# model.mlp_activation -> jax.nn.gelu(approximate=...): exact GELU (BERT) or the tanh
+# approximation (GPT-2's "gelu_new").
+MLP_ACTIVATIONS = {"gelu": False, "gelu_tanh": True}
 
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+# model.remat -> the jax.checkpoint policy of every block: what its forward pass keeps for the
+# backward pass. "none" keeps every activation; "dots_saveable" keeps every matmul output and
+# recomputes the rest (GELU, softmax, norms, dropout); "dots_with_no_batch_dims_saveable" keeps
+# only the weight matmuls' outputs; "full" keeps only the block's input and recomputes the
+# whole block (least memory, about one more forward pass of compute).
+REMAT_POLICIES = {
+    "none": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # MaxText's usual choice: keeps the projections' and MLP's matmul outputs but not the
+    # batched attention matmuls (QKᵀ, PV: [B, H, L, L]-sized), recomputed from Q, K, V.
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+NORM_POSITIONS = ("pre", "post")
+
+
+@settings
+class TransformerConfig:
+    """The config.model fields of a Transformer stack, shared by every family."""
+
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout_rate: float
+    attention_dropout_rate: float
+    layer_norm_epsilon: float
+    norm_position: str  # "post" (BERT) | "pre" (GPT, ViT)
+    compute_dtype: str  # "float32" | "bfloat16" ("auto" is resolved before the model is built)
+    attention_backend: str = "auto"  # auto | xla | cudnn | splash: attention_backends.py
+    remat: str = "none"  # a REMAT_POLICIES name
+    scan_layers: bool = False  # True: blocks stacked on a 'layers' axis, one nnx.scan
+    mlp_activation: str = "gelu"  # a MLP_ACTIVATIONS name
+    use_bias: bool = True  # biases on the attention projections
+
+    def check(self, path: str) -> None:
+        """Raises a ConfigError naming the field of `path` whose value is not one it allows."""
+        for field, allowed in (
+            ("norm_position", list(NORM_POSITIONS)),
+            ("remat", list(REMAT_POLICIES)),
+            ("mlp_activation", sorted(MLP_ACTIVATIONS)),
+        ):
+            if getattr(self, field) not in allowed:
+                raise ConfigError(
+                    f"{path}.{field} must be one of {allowed}, got {getattr(self, field)!r}"
+                )
+        self.attention_kernel()  # a backend this platform can run for this model, or ConfigError
+
+    def attention_kernel(self) -> str:
+        """attention_backend on this machine's platform, "auto" resolved (see
+        attention_backends.check_attention_backend)."""
+        return check_attention_backend(dataclasses.asdict(self), jax.default_backend())
+
+
+def compute_dtype(config) -> jnp.dtype:
     """The matmul dtype named by config.compute_dtype ("float32" or "bfloat16")."""
     return jnp.dtype(config.compute_dtype)
 
@@ -55,21 +116,12 @@ def layer_norm(features: int, epsilon: float, *, rngs: nnx.Rngs) -> nnx.LayerNor
     )
 
 
-# model.mlp_activation -> jax.nn.gelu(approximate=...): exact GELU (BERT) or the tanh
-# approximation (GPT-2's "gelu_new").
-MLP_ACTIVATIONS = {"gelu": False, "gelu_tanh": True}
-
-
 class Mlp(nnx.Module):
     """dense -> GELU (exact, as in BERT, or the tanh approximation of GPT-2) -> dense."""
 
     def __init__(
         self, embed_dim: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs, activation: str = "gelu"
     ):
-        if activation not in MLP_ACTIVATIONS:
-            raise ValueError(
-                f"model.mlp_activation must be one of {sorted(MLP_ACTIVATIONS)}, got {activation!r}"
-            )
         self.wi = dense(embed_dim, mlp_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.wo = dense(mlp_dim, embed_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
         self.approximate_gelu = MLP_ACTIVATIONS[activation]
@@ -83,7 +135,7 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
     """Attention + MLP with residuals; norm_position "post" (BERT) or "pre" (GPT, ViT)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, config: TransformerConfig, *, rotary: bool, rngs: nnx.Rngs):
         dtype = compute_dtype(config)
         self.attention = MultiHeadAttention(
             config.embed_dim,
@@ -91,17 +143,17 @@ class Block(nnx.Module):
             config.head_dim,
             dropout_rate=config.attention_dropout_rate,
             dtype=dtype,
-            backend=check_attention_backend(config, jax.default_backend()),
+            backend=config.attention_kernel(),
             rngs=rngs,
-            use_bias=config.get("use_bias", True),
-            rotary=config.get("position_embedding", "learned") == "rotary",
+            use_bias=config.use_bias,
+            rotary=rotary,
         )
         self.mlp = Mlp(
             config.embed_dim,
             config.mlp_dim,
             dtype=dtype,
             rngs=rngs,
-            activation=config.get("mlp_activation", "gelu"),
+            activation=config.mlp_activation,
         )
         self.attention_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
         self.mlp_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
@@ -112,23 +164,22 @@ class Block(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array | None,
+        mask: AttentionMask | jax.Array | None,
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
         positions: jax.Array | None = None,
         cache: dict | None = None,
         cache_index: jax.Array | int | None = None,
-    ) -> jax.Array | tuple[jax.Array, dict]:
-        """[B, L, embed] -> [B, L, embed]; with a KV `cache`, also the updated cache."""
-        new_cache = None
+    ) -> tuple[jax.Array, dict | None]:
+        """([B, L, embed], the updated KV cache) of [B, L, embed]; the cache is None without
+        one (see MultiHeadAttention)."""
 
         def drop(y):
             return self.dropout(y, deterministic=deterministic, rngs=rngs)
 
         def attention(y):
-            nonlocal new_cache
-            out = self.attention(
+            return self.attention(
                 y.astype(self.dtype),
                 mask,
                 deterministic=deterministic,
@@ -137,39 +188,25 @@ class Block(nnx.Module):
                 cache=cache,
                 cache_index=cache_index,
             )
-            if cache is not None:
-                out, new_cache = out
-            return out
 
         def mlp(y):
             return self.mlp(y.astype(self.dtype))
 
+        # MultiHeadAttention returns (out, cache) only when given a cache.
         if self.pre_norm:
-            x = x + drop(attention(self.attention_norm(x)))
+            attended = attention(self.attention_norm(x))
+            attended, new_cache = attended if cache is not None else (attended, None)
+            x = x + drop(attended)
             x = x + drop(mlp(self.mlp_norm(x)))
         else:
-            x = self.attention_norm(x + drop(attention(x)))
+            attended = attention(x)
+            attended, new_cache = attended if cache is not None else (attended, None)
+            x = self.attention_norm(x + drop(attended))
             x = self.mlp_norm(x + drop(mlp(x)))
-        x = constrain(x, HIDDEN_AXES)
-        return x if cache is None else (x, new_cache)
+        return constrain(x, HIDDEN_AXES), new_cache
 
 
-# model.remat -> the jax.checkpoint policy of every block: what its forward pass keeps for the
-# backward pass. "none" keeps every activation; "dots_saveable" keeps every matmul output and
-# recomputes the rest (GELU, softmax, norms, dropout); "dots_with_no_batch_dims_saveable" keeps
-# only the weight matmuls' outputs; "full" keeps only the block's input and recomputes the
-# whole block (least memory, about one more forward pass of compute).
-REMAT_POLICIES = {
-    "none": None,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    # MaxText's usual choice: keeps the projections' and MLP's matmul outputs but not the
-    # batched attention matmuls (QKᵀ, PV: [B, H, L, L]-sized), recomputed from Q, K, V.
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
-
-
-def stacked_blocks(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Block:
+def stacked_blocks(config: TransformerConfig, *, rotary: bool, rngs: nnx.Rngs) -> Block:
     """num_layers Blocks as one Block whose params have a leading 'layers' axis (for scan)."""
 
     @nnx.split_rngs(splits=config.num_layers)
@@ -180,7 +217,7 @@ def stacked_blocks(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Bloc
         transform_metadata={nnx.PARTITION_NAME: "layers"},
     )
     def create(rngs: nnx.Rngs) -> Block:
-        return Block(config, rngs=rngs)
+        return Block(config, rotary=rotary, rngs=rngs)
 
     return create(rngs)
 
@@ -201,22 +238,21 @@ class Stack(nnx.Module):
     """num_layers Blocks; a pre-LN stack ends with a final LayerNorm.
 
     model.scan_layers=True stores the blocks stacked (created by nnx.vmap: params
-    [num_layers, ...] on the logical axis 'layers') and runs them with one lax.scan, so the step
+    [num_layers, ...] on the logical axis 'layers') and runs them with one nnx.scan, so the step
     compiles one block instead of num_layers; False (default) keeps a list of blocks, params
-    under layers/0, layers/1, ...
-    model.remat applies a REMAT_POLICIES policy to each block either way.
+    under layers/0, layers/1, ... model.remat wraps each block in nnx.remat with a
+    REMAT_POLICIES policy either way. `rotary`: rotary positions in every attention (GPT).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        remat = config.get("remat", "none")
-        if remat not in REMAT_POLICIES:
-            raise ConfigError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {remat!r}")
-        self.remat = remat
-        self.scan_layers = bool(config.get("scan_layers", False))
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, rotary: bool = False):
+        self.remat = config.remat
+        self.scan_layers = config.scan_layers
         if self.scan_layers:
-            self.layers = stacked_blocks(config, rngs=rngs)
+            self.layers = stacked_blocks(config, rotary=rotary, rngs=rngs)
         else:
-            self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+            self.layers = nnx.List(
+                [Block(config, rotary=rotary, rngs=rngs) for _ in range(config.num_layers)]
+            )
         self.final_norm = (
             layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
             if config.norm_position == "pre"
@@ -226,20 +262,34 @@ class Stack(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array | None,
+        mask: AttentionMask | jax.Array | None,
         *,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
         positions: jax.Array | None = None,
-        cache: list[dict] | dict | None = None,
+    ) -> jax.Array:
+        """[B, L, embed] -> [B, L, embed]; positions [B, L] feed rotary attention."""
+        x, _ = self.decode(
+            x, mask, deterministic=deterministic, rngs=rngs, positions=positions, cache=None
+        )
+        return x
+
+    def decode(
+        self,
+        x: jax.Array,
+        mask: AttentionMask | jax.Array | None,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+        positions: jax.Array | None = None,
+        cache: list[dict] | dict | None,
         cache_index: jax.Array | int | None = None,
-    ) -> jax.Array | tuple[jax.Array, list[dict] | dict]:
-        """[B, L, embed] -> [B, L, embed]; with `cache`, also the updated cache. positions
-        [B, L] feed rotary attention. The cache is one {"key", "value"} per layer: a list of
+    ) -> tuple[jax.Array, list[dict] | dict | None]:
+        """(__call__'s output, the updated KV cache): one {"key", "value"} per layer, a list of
         them, or with scan_layers one dict of arrays stacked on a leading layer axis."""
 
-        def apply_block(block: Block, x: jax.Array, rngs, layer_cache):
-            out = block(
+        def apply_block(block: Block, x: jax.Array, rngs: nnx.Rngs | None, layer_cache):
+            return block(
                 x,
                 mask,
                 deterministic=deterministic,
@@ -248,57 +298,29 @@ class Stack(nnx.Module):
                 cache=layer_cache,
                 cache_index=cache_index,
             )
-            return (out, None) if layer_cache is None else out
 
+        # graph_updates=False: the blocks only update Variables (the Rngs counts), never their
+        # structure, so the transforms skip the graph bookkeeping; it also lets the stack run
+        # under a trace (jax.make_jaxpr, eval_shape) it was not built in.
         policy = REMAT_POLICIES[self.remat]
-        if self.scan_layers or policy is not None:
-            x, new_cache = self._run_pure(apply_block, policy, x, rngs, cache)
+        if policy is not None:
+            # Inside a scan the loop already keeps XLA from merging the recomputation away.
+            apply_block = nnx.remat(
+                apply_block, policy=policy, prevent_cse=not self.scan_layers, graph_updates=False
+            )
+        if self.scan_layers:
+            # The Rngs ride in the carry: block i draws the dropout keys of the plain loop's i.
+            @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), graph_updates=False)
+            def scan_blocks(block: Block, carry, layer_cache):
+                x, rngs = carry
+                x, layer_cache = apply_block(block, x, rngs, layer_cache)
+                return (x, rngs), layer_cache
+
+            (x, _), new_cache = scan_blocks(self.layers, (x, rngs), cache)
         else:
             new_cache = []
-            for i, layer in enumerate(self.layers):
-                x, layer_cache = apply_block(layer, x, rngs, None if cache is None else cache[i])
+            for i, block in enumerate(self.layers):
+                x, layer_cache = apply_block(block, x, rngs, None if cache is None else cache[i])
                 new_cache.append(layer_cache)
         x = x if self.final_norm is None else self.final_norm(x)
-        return x if cache is None else (x, new_cache)
-
-    def _run_pure(self, apply_block, policy, x, rngs, cache):
-        """Runs the blocks as pure functions of (block state, x, rng state, layer cache), so
-        that lax.scan and jax.checkpoint apply (under any outer jit or loop too). The rng state
-        is threaded through every block: dropout draws the keys of the plain loop."""
-        rngs_graphdef, rngs_state = (None, None) if rngs is None else nnx.split(rngs)
-
-        def pure_block(block_graphdef):
-            def call(block_state, x, rngs_state, layer_cache):
-                block = nnx.merge(block_graphdef, block_state)
-                block_rngs = None if rngs is None else nnx.merge(rngs_graphdef, rngs_state)
-                x, layer_cache = apply_block(block, x, block_rngs, layer_cache)
-                return x, None if rngs is None else nnx.state(block_rngs), layer_cache
-
-            if policy is None:
-                return call
-            # Inside a scan the loop already keeps XLA from merging the recomputation away.
-            return jax.checkpoint(call, policy=policy, prevent_cse=not self.scan_layers)
-
-        if self.scan_layers:
-            call = pure_block(nnx.graphdef(self.layers))
-
-            def scan_body(carry, layer):
-                x, rngs_state = carry
-                x, rngs_state, layer_cache = call(layer[0], x, rngs_state, layer[1])
-                return (x, rngs_state), layer_cache
-
-            (x, rngs_state), new_cache = jax.lax.scan(
-                scan_body, (x, rngs_state), (nnx.state(self.layers), cache)
-            )
-        else:
-            new_cache = []
-            for i, layer in enumerate(self.layers):
-                block_graphdef, block_state = nnx.split(layer)
-                layer_cache = None if cache is None else cache[i]
-                x, rngs_state, layer_cache = pure_block(block_graphdef)(
-                    block_state, x, rngs_state, layer_cache
-                )
-                new_cache.append(layer_cache)
-        if rngs is not None:
-            nnx.update(rngs, rngs_state)
-        return x, new_cache
+        return x, None if cache is None else new_cache

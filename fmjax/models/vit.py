@@ -1,23 +1,16 @@
-"""ViT (Dosovitskiy et al. 2021): patch embedding, pre-LN encoder and a classification head.
-
-Config fields (config.model): image_size, patch_size, num_channels, num_classes, embed_dim,
-num_layers, num_heads, head_dim, mlp_dim, pooling ("cls": a learned class token, as in the paper;
-"gap": mean of the patch outputs, as in big_vision's "Better plain ViT baselines"),
-dropout_rate, attention_dropout_rate, layer_norm_epsilon, norm_position ("pre"),
-compute_dtype, attention_backend.
-"""
+"""ViT (Dosovitskiy et al. 2021): patch embedding, pre-LN encoder and a classification head."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from fmjax.errors import ConfigError
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding, PatchEmbedding
-from fmjax.models.transformer import HIDDEN_AXES, Stack, compute_dtype
+from fmjax.models.settings import settings
+from fmjax.models.transformer import HIDDEN_AXES, Stack, TransformerConfig, compute_dtype
 from fmjax.parallel.sharding import constrain
 
 POOLINGS = ("cls", "gap")
@@ -42,34 +35,52 @@ def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int) -> 
     return x.reshape(batch, height, width, channels)
 
 
-def num_patches(config: ml_collections.ConfigDict) -> int:
+@settings
+class ImageEncoderConfig(TransformerConfig):
+    """The fields of a ViT without its head (also the contrastive model's `model.image`)."""
+
+    image_size: int
+    patch_size: int
+    num_channels: int
+    # "cls": a learned class token, as in the paper; "gap": mean of the patch outputs, as in
+    # big_vision's "Better plain ViT baselines".
+    pooling: str
+
+    def check(self, path: str) -> None:
+        """TransformerConfig.check, plus whole patches, a known pooling and pre-LN blocks."""
+        super().check(path)
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"{path}.image_size={self.image_size} is not a multiple of "
+                f"{path}.patch_size={self.patch_size}; change one of them"
+            )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"{path}.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.norm_position != "pre":
+            raise ConfigError(f"ViT uses pre-LN blocks: set {path}.norm_position='pre'")
+
+
+@settings
+class VitConfig(ImageEncoderConfig):
+    """config.model of model.family="vit": an image encoder and num_classes."""
+
+    num_classes: int
+
+
+def num_patches(config) -> int:
     """Patches per image: (image_size / patch_size)^2."""
     return (config.image_size // config.patch_size) ** 2
 
 
-def num_tokens(config: ml_collections.ConfigDict) -> int:
+def num_tokens(config) -> int:
     """Encoder sequence length: the patches, plus the class token when pooling is "cls"."""
     return num_patches(config) + (1 if config.pooling == "cls" else 0)
 
 
 class ImageEncoder(nnx.Module):
-    """Image [B, H, W, C] -> pooled features [B, embed_dim]: a ViT without its head.
+    """Image [B, H, W, C] -> pooled features [B, embed_dim]: a ViT without its head."""
 
-    `config_path` names the config section in error messages (e.g. "model.image").
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, config_path="model"):
-        if config.image_size % config.patch_size:
-            raise ConfigError(
-                f"{config_path}.image_size={config.image_size} is not a multiple of "
-                f"{config_path}.patch_size={config.patch_size}; change one of them"
-            )
-        if config.pooling not in POOLINGS:
-            raise ConfigError(
-                f"{config_path}.pooling must be one of {POOLINGS}, got {config.pooling!r}"
-            )
-        if config.norm_position != "pre":
-            raise ConfigError("ViT uses pre-LN blocks: set model.norm_position='pre'")
+    def __init__(self, config: ImageEncoderConfig, *, rngs: nnx.Rngs):
         dtype, d = compute_dtype(config), config.embed_dim
         self.patch_size, self.pooling = config.patch_size, config.pooling
         patch_dim = config.patch_size**2 * config.num_channels
@@ -112,7 +123,9 @@ class ImageEncoder(nnx.Module):
 class VisionTransformer(ImageEncoder):
     """Image [B, H, W, C] -> class logits [B, num_classes]."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    config_class = VitConfig
+
+    def __init__(self, config: VitConfig, *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
         # Zero-initialized head (ViT / big_vision): every class starts at the same logit.
         self.head = nnx.Linear(
@@ -132,3 +145,6 @@ class VisionTransformer(ImageEncoder):
         pooled = super().__call__(images, deterministic=deterministic, rngs=rngs)
         logits = self.head(pooled.astype(self.dtype)).astype(jnp.float32)
         return constrain(logits, ("activation_batch", None))
+
+
+Model = VisionTransformer  # model.family="vit" (fmjax/models/__init__.py)
