@@ -87,18 +87,16 @@ def random_batch(task, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
 
 def fmjax_seconds_per_step(config, batch, warmup: int, steps: int) -> float:
     """fmjax's jitted train step on one device (the trainer's program)."""
-    import flax.linen as nn
     import jax
 
     from fmjax.parallel.mesh import make_mesh
-    from fmjax.parallel.sharding import shard_batch
+    from fmjax.parallel.sharding import shard_batch, sharding_context
     from fmjax.tasks import build_task
     from fmjax.train.step import abstract_batch, build_program
 
     task = build_task(config)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
         spec = abstract_batch(task, config.train.batch_size, program.batch_sharding)
         step_fn = program.train_step.lower(program.abstract_state, spec).compile()

@@ -47,19 +47,17 @@ def matmul_flops_per_s(m: int, k: int, n: int, repeats: int = 10) -> float:
 
 
 def fmjax_seconds_per_step(config, batch, warmup: int, steps: int) -> float:
-    import flax.linen as nn
     import jax
 
     from fmjax.parallel.mesh import make_mesh
-    from fmjax.parallel.sharding import shard_batch
+    from fmjax.parallel.sharding import shard_batch, sharding_context
     from fmjax.tasks import build_task
     from fmjax.train.step import abstract_batch, build_program
 
     config.mesh.update(data=1, fsdp=1, tensor=1)
     task = build_task(config)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
         spec = abstract_batch(task, config.train.batch_size, program.batch_sharding)
         step_fn = program.train_step.lower(program.abstract_state, spec).compile()

@@ -69,17 +69,15 @@ def experiment_config(name: str, row: str, batch_size: int):
 
 def state_bytes(config) -> tuple[int, int]:
     """(params + optimizer bytes in total, per device) from the shardings the rules give."""
-    import flax.linen as nn
     import jax
 
     from fmjax.parallel.mesh import make_mesh
-    from fmjax.parallel.sharding import bytes_per_device
+    from fmjax.parallel.sharding import bytes_per_device, sharding_context
     from fmjax.tasks import build_task
     from fmjax.train.step import build_program
 
     mesh = make_mesh(config.mesh)
-    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, build_task(config), mesh)
     state = {k: program.abstract_state[k] for k in ("params", "opt_state")}
     shardings = {k: program.state_shardings[k] for k in ("params", "opt_state")}

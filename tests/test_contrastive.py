@@ -6,7 +6,6 @@ import json
 import os
 import unicodedata
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -22,7 +21,7 @@ from fmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import shard_batch
+from fmjax.parallel.sharding import shard_batch, sharding_context
 from fmjax.tasks import build_task
 from fmjax.tasks.contrastive import clip_loss, recall_at_k, siglip_loss, similarity_logits
 from fmjax.train import trainer
@@ -131,9 +130,8 @@ def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 2) -> list[float]:
     config.mesh.update(mesh_shape)
     task = build_task(config)
     mesh = make_mesh(config.mesh, jax.devices()[: int(np.prod(list(mesh_shape.values())))])
-    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
     losses = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
         state = program.init_state()
         for step in range(num_steps):
@@ -166,7 +164,6 @@ def test_evaluate_embeds_the_whole_split_in_padded_batches():
     config.mesh.update(data=8, fsdp=1, tensor=1)
     task = build_task(config)
     mesh = make_mesh(config.mesh)
-    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
     rng = np.random.default_rng(3)
     rows = random_pair_batch(task, 13, 1024, seed=9)
     rows["labels"] = rng.integers(0, len(CLASS_NAMES), size=13).astype(np.int32)
@@ -179,7 +176,7 @@ def test_evaluate_embeds_the_whole_split_in_padded_batches():
         class_names=CLASS_NAMES[:-1],
         class_prompt_ids=prompts,
     )
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
         params = program.init_state()["params"]
         values = task.evaluate(program, params, held_out)

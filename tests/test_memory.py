@@ -3,7 +3,6 @@ accumulation gives the update of the whole batch, and all of them shard like the
 
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +15,7 @@ from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models import build_model
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import shard_batch
+from fmjax.parallel.sharding import shard_batch, sharding_context
 from fmjax.params_io import stack_layers, unstack_layers
 from fmjax.tasks import build_task
 from fmjax.train.generate import generate_ids
@@ -96,8 +95,7 @@ def train_on_mesh(config, mesh_shape: dict, num_steps: int, init_params=None):
     devices = jax.devices()[: int(np.prod(list(mesh_shape.values())))]
     validate_config(config, len(devices), 1)
     mesh = make_mesh(config.mesh, devices)
-    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
         state = program.init_state()
         if init_params is not None:

@@ -1,7 +1,6 @@
 """Sharding: the same numbers on every mesh, and golden PartitionSpecs for bert_base on the
 meshes of GOLDEN_MESHES, with the params split evenly."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from sharding_checks import (
 
 from fmjax.experiments import experiment_config
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import shard_batch
+from fmjax.parallel.sharding import shard_batch, sharding_context
 from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
@@ -52,8 +51,7 @@ def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 3) -> list[float]:
     task = build_task(config)
     devices = jax.devices()[: np.prod(list(mesh_shape.values()))]
     mesh = make_mesh(config.mesh, devices)
-    rules = tuple(tuple(r) for r in config.sharding.logical_axis_rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
         state = program.init_state()
         kernel = state["params"]["encoder"]["layers"][0]["mlp"]["wi"]["kernel"]

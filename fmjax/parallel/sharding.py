@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen
 import jax
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -19,25 +21,39 @@ from fmjax.parallel.mesh import process_batch_block
 Rules = Sequence[tuple[str, Any]]
 
 
+def axis_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+    """config.sharding.logical_axis_rules as the tuple of (logical name, mesh axes) flax takes."""
+    return tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
+
+
+@contextlib.contextmanager
+def sharding_context(config: ml_collections.ConfigDict, mesh: Mesh) -> Iterator[None]:
+    """The mesh and the config's logical-axis rules, entered once around everything a run
+    builds and traces, so `constrain` in the models resolves against the mesh."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(axis_rules(config)):
+        yield
+
+
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
     """Constrains an activation's sharding by logical names (no-op outside a mesh and rules)."""
     return flax.linen.with_logical_constraint(x, logical_axes)
 
 
 def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
-    """Maps logical axis names to a mesh PartitionSpec (unknown names stay unsharded)."""
+    """Maps logical axis names to a mesh PartitionSpec (unknown names stay unsharded).
+
+    flax.linen's mapping, not nnx.get_partition_spec's: rules are tried in order, each mesh axis
+    is used once per array, unknown names are unsharded. nnx renames each name by a dict (the
+    last rule wins, ('embed', 'mlp') can become P('fsdp', 'fsdp'), unknown names pass through),
+    which would change what a MaxText-style rule list means.
+    """
     return flax.linen.logical_to_mesh_axes(tuple(logical_axes), tuple(tuple(r) for r in rules))
 
 
 def logical_axes(abstract_params: nnx.State) -> dict:
     """Pure dict of each parameter's logical axis names (its `out_sharding` metadata)."""
-
-    def names(variable: nnx.Variable) -> PartitionSpec:
-        axes = variable.get_metadata().get("out_sharding")
-        return PartitionSpec(*axes) if axes else PartitionSpec()
-
-    flat = [(path, names(variable)) for path, variable in nnx.to_flat_state(abstract_params)]
-    return nnx.to_pure_dict(nnx.from_flat_state(flat))
+    with nnx.logical_axis_rules(()):  # the names themselves, whatever rules are entered
+        return nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
 
 
 def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules: Rules) -> dict:

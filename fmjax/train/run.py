@@ -18,7 +18,6 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 from jax.sharding import Mesh
@@ -27,6 +26,7 @@ from fmjax.config import resolve_auto_fields, validate_config
 from fmjax.data.task_data import TaskData
 from fmjax.errors import ConfigError
 from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
+from fmjax.parallel.sharding import axis_rules, sharding_context
 from fmjax.tasks import build_task
 from fmjax.tasks.base import Task
 from fmjax.train.checkpoint import Checkpointer
@@ -123,9 +123,8 @@ def open_run(config: ml_collections.ConfigDict) -> Iterator[Run]:
     task = build_task(config)
     mesh = make_mesh(config.mesh)
     check_batch_rows_per_process(mesh)
-    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        yield Run(config, task, mesh, rules, build_program(config, task, mesh))
+    with sharding_context(config, mesh):
+        yield Run(config, task, mesh, axis_rules(config), build_program(config, task, mesh))
 
 
 def log(message: str) -> None:

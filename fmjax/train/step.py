@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +18,7 @@ from fmjax.config import BATCH_MESH_AXES
 from fmjax.errors import ConfigError
 from fmjax.models import build_model
 from fmjax.parallel.sharding import (
+    axis_rules,
     batch_sharding,
     check_divisible,
     optimizer_shardings,
@@ -86,12 +86,14 @@ class TrainProgram:
 def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> TrainProgram:
     """Builds the model abstractly, derives all shardings from logical rules, jits the steps.
 
-    Call under `jax.set_mesh(mesh)` and `flax.linen.logical_axis_rules(rules)` so activation
+    Call under `fmjax.parallel.sharding.sharding_context(config, mesh)` so activation
     constraints in the model resolve against the mesh when the steps are traced.
     """
     seed = int(config.seed)
-    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    with nnx.use_eager_sharding(False), nn.logical_axis_rules(rules):
+    rules = axis_rules(config)
+    # nnx.eval_shape under a mesh gives every Variable a sharding from the rules in context
+    # (unused here: param_shardings below decides), so it needs them even outside a run.
+    with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
         abstract_model = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(seed)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     params_sharding = param_shardings(abstract_params, mesh, rules)
