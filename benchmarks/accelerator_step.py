@@ -17,12 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from benchmarks.step_timing import (  # noqa: E402
+    fmjax_seconds_per_step,
+    hf_bert_mlm_loss,
+    measure,
+    torch_train_step,
+)
 
 # (experiment file, seq_len, batch) at full size; --small shrinks the model and batch.
 MODELS = {"bert_base": ("bert_base.py", 128, 256), "gpt2_small": ("gpt2_small.py", 1024, 16)}
@@ -30,18 +36,6 @@ SMALL_MODEL = dict(embed_dim=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim
 SMALL = dict(vocab_size=512, seq_len=128, batch_size=2)
 # Remat policies worth timing: none (fastest when it fits) and MaxText's usual choice.
 REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable")
-
-
-def measure(step, warmup: int, steps: int, sync) -> float:
-    """Median seconds per step over `steps` timed steps after `warmup` untimed ones."""
-    for _ in range(warmup):
-        sync(step())
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        sync(step())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def model_config(name: str, small: bool):
@@ -85,86 +79,16 @@ def random_batch(task, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
     return batch
 
 
-def fmjax_seconds_per_step(config, batch, warmup: int, steps: int) -> float:
-    """fmjax's jitted train step on one device (the trainer's program)."""
-    import jax
-
-    from fmjax.parallel.mesh import make_mesh
-    from fmjax.parallel.sharding import shard_batch, sharding_context
-    from fmjax.tasks import build_task
-    from fmjax.train.step import abstract_batch, build_program
-
-    task = build_task(config)
-    mesh = make_mesh(config.mesh, jax.devices()[:1])
-    with sharding_context(config, mesh):
-        program = build_program(config, task, mesh)
-        spec = abstract_batch(task, config.train.batch_size, program.batch_sharding)
-        step_fn = program.train_step.lower(program.abstract_state, spec).compile()
-        holder = {"state": program.init_state()}
-        device_batch = shard_batch(batch, mesh)
-
-        def step():
-            holder["state"], metrics = step_fn(holder["state"], device_batch)
-            return metrics
-
-        return measure(step, warmup, steps, jax.block_until_ready)
-
-
 def torch_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def torch_train_step(model, batch_to_loss, device: str):
-    """One AdamW step of a PyTorch model under bf16 autocast, returning the loss."""
-    import torch
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            loss = batch_to_loss()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss
-
-    return step
-
-
 def hf_bert_seconds_per_step(config, batch, warmup: int, steps: int) -> float:
     """HF transformers BertForMaskedLM (SDPA attention, bf16 autocast) on the same batch."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
     device = torch_device()
-    torch.manual_seed(0)
-    m = config.model
-    hf_config = BertConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.embed_dim,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads,
-        intermediate_size=m.mlp_dim,
-        max_position_embeddings=m.max_seq_len,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        attn_implementation="sdpa",
-    )
-    model = BertForMaskedLM(hf_config).to(device).train()
-    input_ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device)
-    attention_mask = torch.from_numpy(batch["attention_mask"].astype(np.int64)).to(device)
-    labels = torch.full_like(input_ids, -100)
-    rows = np.repeat(np.arange(input_ids.shape[0])[:, None], batch["masked_ids"].shape[1], 1)
-    labels[rows, batch["masked_positions"]] = torch.from_numpy(
-        batch["masked_ids"].astype(np.int64)
-    ).to(device)
-
-    def loss():
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-
+    model, loss = hf_bert_mlm_loss(config, batch, device, attention="sdpa")
     step = torch_train_step(model, loss, device)
     return measure(step, warmup, steps, lambda loss: loss.item())
 

@@ -14,25 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-
-def measure(step, warmup: int, steps: int, sync) -> float:
-    """Median seconds per step over `steps` timed steps after `warmup` untimed ones."""
-    for _ in range(warmup):
-        sync(step())
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        sync(step())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+from benchmarks.step_timing import (  # noqa: E402
+    fmjax_seconds_per_step,
+    hf_bert_mlm_loss,
+    measure,
+    torch_train_step,
+)
 
 
 def matmul_flops_per_s(m: int, k: int, n: int, repeats: int = 10) -> float:
@@ -46,69 +38,16 @@ def matmul_flops_per_s(m: int, k: int, n: int, repeats: int = 10) -> float:
     return 2 * m * k * n / seconds
 
 
-def fmjax_seconds_per_step(config, batch, warmup: int, steps: int) -> float:
-    import jax
-
-    from fmjax.parallel.mesh import make_mesh
-    from fmjax.parallel.sharding import shard_batch, sharding_context
-    from fmjax.tasks import build_task
-    from fmjax.train.step import abstract_batch, build_program
-
-    config.mesh.update(data=1, fsdp=1, tensor=1)
-    task = build_task(config)
-    mesh = make_mesh(config.mesh, jax.devices()[:1])
-    with sharding_context(config, mesh):
-        program = build_program(config, task, mesh)
-        spec = abstract_batch(task, config.train.batch_size, program.batch_sharding)
-        step_fn = program.train_step.lower(program.abstract_state, spec).compile()
-        holder = {"state": program.init_state()}
-        device_batch = shard_batch(batch, mesh)
-
-        def step():
-            holder["state"], metrics = step_fn(holder["state"], device_batch)
-            return metrics
-
-        return measure(step, warmup, steps, lambda m: jax.block_until_ready(m))
-
-
 def torch_seconds_per_step(config, batch, warmup: int, steps: int) -> float | None:
+    """HF BertForMaskedLM + AdamW (PyTorch eager, float32) on the same batch; None without torch."""
     try:
         import torch
-        from transformers import BertConfig, BertForMaskedLM
+        import transformers  # noqa: F401
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    model_config = config.model
-    hf_config = BertConfig(
-        vocab_size=model_config.vocab_size,
-        hidden_size=model_config.embed_dim,
-        num_hidden_layers=model_config.num_layers,
-        num_attention_heads=model_config.num_heads,
-        intermediate_size=model_config.mlp_dim,
-        max_position_embeddings=model_config.max_seq_len,
-        hidden_dropout_prob=model_config.dropout_rate,
-        attention_probs_dropout_prob=model_config.attention_dropout_rate,
-    )
-    model = BertForMaskedLM(hf_config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    input_ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
-    attention_mask = torch.from_numpy(batch["attention_mask"].astype(np.int64))
-    labels = torch.full_like(input_ids, -100)
-    rows = np.repeat(np.arange(input_ids.shape[0])[:, None], batch["masked_ids"].shape[1], 1)
-    real = batch["masked_weights"] > 0
-    labels[rows[real], batch["masked_positions"][real]] = torch.from_numpy(
-        batch["masked_ids"][real].astype(np.int64)
-    )
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss
-
+    model, loss = hf_bert_mlm_loss(config, batch)
+    step = torch_train_step(model, loss, "cpu", bfloat16=False)
     return measure(step, warmup, steps, lambda loss: loss.item())
 
 

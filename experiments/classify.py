@@ -16,14 +16,12 @@ and the confusion matrix over the whole held-out split. Presets: "smoke" (second
 
 import ml_collections
 
-from fmjax.config import base_config
-from fmjax.experiments import parse_preset
+from fmjax.experiments import parse_preset, smoke_schedule, text_classification_config
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     presets = parse_preset(preset, "classify", smoke=False)
-    config = base_config()
-    config.model = ml_collections.ConfigDict(
+    model = ml_collections.ConfigDict(
         dict(
             family="bert_classifier",
             fields_from_init=True,  # every other model field: train.init_from's
@@ -33,18 +31,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             compute_dtype="auto",  # bfloat16 on GPU/TPU, float32 on CPU
         )
     )
-    config.task = ml_collections.ConfigDict(dict(name="text_classification", label_smoothing=0.0))
-    config.data.dataset = ""  # files:/path/train.csv | rotten_tomatoes | wordnet_supersenses
+    # The pretrained workdir, train.init_from, is required; seq_len at most its max_seq_len.
+    config = text_classification_config(model, "", 128, "")
     config.data.text_field = "text"
     config.data.label_field = "label"
     config.data.text_pair_field = ""  # a second text column for sentence-pair tasks
     config.data.test_file = ""  # held-out rows (same format); '' = a hash split of the train file
     config.data.test_fraction = 0.1
-    config.data.source_dir = ""  # bundled sets: an existing copy of the raw files
-    config.data.seq_len = 128  # at most the pretrained model's max_seq_len
-    config.data.tokenizer_file = ""  # a tokenizer.json; '' = the one of train.init_from's run
-    config.data.tokenizer_from = ""
-    config.train.init_from = ""  # the pretrained workdir (required)
 
     # BERT's fine-tuning recipe (Devlin et al. 2019): a few epochs at 2e-5..5e-5.
     config.train.num_steps = 1000
@@ -58,9 +51,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.data.seq_len = 32
-        config.train.update(
-            num_steps=6, batch_size=8, learning_rate=1e-3, warmup_steps=1, log_every=2,
-            eval_every=6,
-        )  # fmt: skip
-        config.checkpoint.every_steps = 6
+        smoke_schedule(config, 6, 8, learning_rate=1e-3, warmup_steps=1, log_every=2)
     return config

@@ -11,7 +11,7 @@ import math
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import parse_preset
+from fmjax.experiments import ONE_LAYER_SMOKE_SIZE, parse_preset, smoke_schedule, transformer_size
 
 # (log logit scale, logit bias) at init: CLIP's temperature 0.07; SigLIP's scale 10, bias -10.
 LOGIT_INITS = {"clip": (math.log(1 / 0.07), 0.0), "siglip": (math.log(10.0), -10.0)}
@@ -36,21 +36,13 @@ def contrastive_model(**overrides) -> ml_collections.ConfigDict:
                 patch_size=4,  # 8 x 8 = 64 patches
                 num_channels=3,
                 pooling="gap",
-                embed_dim=128,
-                num_layers=4,
-                num_heads=4,
-                head_dim=32,
-                mlp_dim=256,
+                **transformer_size(128, 4, 4, 256, 32),
             ),
             text=dict(
                 vocab_size=1024,
                 max_seq_len=16,
                 pooling="mean",  # "mean": mean over real tokens | "cls": the [CLS] output
-                embed_dim=128,
-                num_layers=2,
-                num_heads=4,
-                head_dim=32,
-                mlp_dim=256,
+                **transformer_size(128, 2, 4, 256, 32),
             ),
         )
     )
@@ -87,15 +79,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.projection_dim = 32
         for tower in (config.model.image, config.model.text):
-            tower.update(embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)
+            tower.update(ONE_LAYER_SMOKE_SIZE)
         config.model.image.patch_size = 8
-        config.train.update(
-            num_steps=8,
-            batch_size=32,
-            learning_rate=3e-3,
-            warmup_steps=1,
-            log_every=1,
-            eval_every=8,
-        )
-        config.checkpoint.every_steps = 8
+        smoke_schedule(config, 8, 32, learning_rate=3e-3, warmup_steps=1, log_every=1)
     return config

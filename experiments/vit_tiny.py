@@ -7,7 +7,7 @@ Eval reports top-1 accuracy on all 10,000 test images (chance is 10%).
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import parse_preset, vit_model
+from fmjax.experiments import ONE_LAYER_SMOKE_SIZE, parse_preset, smoke_schedule, vit_model
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -34,15 +34,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 600
 
     if presets.smoke:  # seconds: for tests and quick checks
-        config.model.update(embed_dim=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64)
-        config.model.patch_size = 7
-        config.train.update(
-            num_steps=8,
-            batch_size=32,
-            learning_rate=3e-3,
-            warmup_steps=1,
-            log_every=1,
-            eval_every=8,
-        )
-        config.checkpoint.every_steps = 8
+        config.model.update(ONE_LAYER_SMOKE_SIZE, patch_size=7)
+        smoke_schedule(config, 8, 32, learning_rate=3e-3, warmup_steps=1, log_every=1)
     return config

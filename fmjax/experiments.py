@@ -31,7 +31,9 @@ EXPERIMENTS_DIR = os.path.join(
 )
 
 
-def _size(embed_dim: int, num_layers: int, num_heads: int, mlp_dim: int, head_dim: int, **more):
+def transformer_size(
+    embed_dim: int, num_layers: int, num_heads: int, mlp_dim: int, head_dim: int, **more
+) -> dict:
     """The fields of one Transformer size (plus `more`, e.g. the vocabulary)."""
     return dict(
         embed_dim=embed_dim,
@@ -48,24 +50,29 @@ def _size(embed_dim: int, num_layers: int, num_heads: int, mlp_dim: int, head_di
 SHAPES = {
     "bert": {
         # Trained on Shakespeare with its own 8192-token WordPiece (experiments/bert_tiny.py).
-        "tiny": _size(256, 4, 4, 1024, 64, vocab_size=8192, max_seq_len=128),
+        "tiny": transformer_size(256, 4, 4, 1024, 64, vocab_size=8192, max_seq_len=128),
         # BERT-Mini of Turc et al. 2019 ("Well-Read Students Learn Better").
-        "mini": _size(256, 4, 4, 1024, 64, vocab_size=30522, max_seq_len=512),
-        "base": _size(768, 12, 12, 3072, 64, vocab_size=30522, max_seq_len=512),
-        "large": _size(1024, 24, 16, 4096, 64, vocab_size=30522, max_seq_len=512),
+        "mini": transformer_size(256, 4, 4, 1024, 64, vocab_size=30522, max_seq_len=512),
+        "base": transformer_size(768, 12, 12, 3072, 64, vocab_size=30522, max_seq_len=512),
+        "large": transformer_size(1024, 24, 16, 4096, 64, vocab_size=30522, max_seq_len=512),
     },
     "gpt": {
         # Trained on Shakespeare with its own 4096-token byte-level BPE (experiments/gpt_tiny.py).
-        "tiny": _size(256, 4, 4, 1024, 64, vocab_size=4096, max_seq_len=128),
+        "tiny": transformer_size(256, 4, 4, 1024, 64, vocab_size=4096, max_seq_len=128),
         # GPT-2 small (124M). 50257 = GPT-2's vocabulary; tensor parallelism needs a multiple of
         # mesh.tensor (e.g. --config.model.vocab_size=50304, as nanoGPT pads it for speed).
-        "small": _size(768, 12, 12, 3072, 64, vocab_size=50257, max_seq_len=1024),
+        "small": transformer_size(768, 12, 12, 3072, 64, vocab_size=50257, max_seq_len=1024),
     },
     "vit": {
-        "tiny": _size(128, 4, 4, 256, 32, patch_size=4),
-        "b16": _size(768, 12, 12, 3072, 64, patch_size=16),
+        "tiny": transformer_size(128, 4, 4, 256, 32, patch_size=4),
+        "b16": transformer_size(768, 12, 12, 3072, 64, patch_size=16),
     },
 }
+
+# The smoke presets' sizes (seconds on a CPU): pretraining runs, and the one-layer models of the
+# fine-tuning, image and contrastive smoke runs.
+SMOKE_SIZE = transformer_size(64, 2, 2, 128, 32)
+ONE_LAYER_SMOKE_SIZE = transformer_size(32, 1, 2, 64, 16)
 
 # The block fields every Transformer family shares (fmjax/models/transformer.py).
 _BLOCK_FIELDS = dict(
@@ -149,7 +156,7 @@ def bert_pretraining_config(
     """The BERT paper's recipe (phase 1, seq 128) around a model (bert_base, bert_large)."""
     config = base_config()
     config.model = model
-    config.task = ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
+    config.task = mlm_task()
     config.data.update(text_corpus_fields(corpus))
     config.data.seq_len = 128
     config.train.update(
@@ -166,6 +173,109 @@ def bert_pretraining_config(
     )
     config.checkpoint.update(every_steps=5_000, keep=3)
     return config
+
+
+def mlm_task() -> ml_collections.ConfigDict:
+    """BERT's masked-LM task: 15% of the tokens, at most 20 predictions per sequence."""
+    return ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
+
+
+def shakespeare_pretraining_config(
+    model: ml_collections.ConfigDict, task: ml_collections.ConfigDict, **train
+) -> ml_collections.ConfigDict:
+    """A tiny model's pretraining on the bundled Shakespeare at seq 128 (bert_tiny, gpt_tiny):
+    small batches, many updates, a few CPU minutes; `train` sets the optimizer fields."""
+    config = base_config()
+    config.model = model
+    config.task = task
+    # shakespeare | gcide | tfds:<name> | files:<glob> (.txt .jsonl .jsonl.gz .parquet)
+    config.data.update(text_corpus_fields("shakespeare"))
+    config.data.seq_len = 128
+    config.train.update(
+        num_steps=600, batch_size=16, log_every=20, eval_every=200, eval_batches=16, **train
+    )
+    config.checkpoint.every_steps = 200
+    return config
+
+
+def continued_pretraining_config(
+    family: str, task: ml_collections.ConfigDict, smoke: bool, **train
+) -> ml_collections.ConfigDict:
+    """Continued pretraining (domain adaptation) of whatever `family` model train.init_from
+    points at, on a corpus: the model's fields and tokenizer come from that workdir. 1000 steps,
+    eval and checkpoint every 250 (`train` sets the optimizer fields); `smoke`: seconds."""
+    config = base_config()
+    config.model = ml_collections.ConfigDict(
+        dict(family=family, fields_from_init=True, compute_dtype="auto")
+    )
+    config.task = task
+    config.data.corpus = "shakespeare"  # shakespeare | gcide | tfds:<name>: the new domain
+    config.data.source_dir = ""
+    config.data.seq_len = 128  # at most the pretrained model's max_seq_len
+    config.data.tokenizer_file = ""  # '' = the tokenizer of train.init_from's run
+    config.train.init_from = ""  # the pretrained workdir (required)
+    config.train.update(
+        num_steps=1000, warmup_steps=100, log_every=20, eval_every=250, eval_batches=8, **train
+    )
+    config.checkpoint.every_steps = 250
+    if smoke:
+        config.data.seq_len = 32
+        smoke_schedule(
+            config, 4, 8, learning_rate=1e-3, warmup_steps=1, log_every=2, eval_batches=1
+        )
+    return config
+
+
+def text_classification_config(
+    model: ml_collections.ConfigDict, dataset: str, seq_len: int, init_from: str
+) -> ml_collections.ConfigDict:
+    """Fine-tuning `model` from the workdir `init_from` on the labeled texts `dataset`: the task
+    and data fields every text-classification experiment shares."""
+    config = base_config()
+    config.model = model
+    config.task = ml_collections.ConfigDict(dict(name="text_classification", label_smoothing=0.0))
+    config.data.dataset = dataset  # files:/path/train.csv | rotten_tomatoes | wordnet_supersenses
+    config.data.source_dir = ""  # bundled sets: an existing copy of the raw files (skips the fetch)
+    config.data.seq_len = seq_len
+    config.data.tokenizer_file = ""  # a tokenizer.json; '' = the one of train.init_from's run
+    config.data.tokenizer_from = ""  # a workdir whose tokenizer to use (the scratch baseline's)
+    config.train.init_from = init_from
+    return config
+
+
+def from_scratch(config: ml_collections.ConfigDict, pretrained: str) -> None:
+    """A fine-tuning experiment's "scratch" preset: the same model, tokenizer (`pretrained`'s)
+    and budget from a random init, which shows what pretraining buys."""
+    config.train.init_from = ""
+    config.data.tokenizer_from = pretrained
+    config.train.learning_rate = 5e-4  # random init tolerates (and needs) a larger step
+
+
+def smoke_classifier(config: ml_collections.ConfigDict, eval_every: int) -> None:
+    """A classifier fine-tuning experiment's "smoke" preset: a one-layer model from a random
+    init (the tests set train.init_from), 8 steps, eval and checkpoint every `eval_every`."""
+    config.model.update(ONE_LAYER_SMOKE_SIZE, vocab_size=512)
+    config.data.seq_len = 32
+    config.data.tokenizer_from = ""
+    config.train.init_from = ""
+    smoke_schedule(
+        config, 8, 16, learning_rate=3e-3, warmup_steps=1, log_every=2, eval_every=eval_every
+    )
+
+
+def smoke_schedule(
+    config: ml_collections.ConfigDict,
+    num_steps: int,
+    batch_size: int,
+    checkpoint_every: int | None = None,
+    **train,
+) -> None:
+    """A smoke preset's budget: `num_steps` of `batch_size` (`train`: other train fields),
+    evaluated at the last step unless train.eval_every is given, checkpointed at every eval
+    unless `checkpoint_every` is given."""
+    config.train.update(dict(num_steps=num_steps, batch_size=batch_size, eval_every=num_steps))
+    config.train.update(train)
+    config.checkpoint.every_steps = checkpoint_every or int(config.train.eval_every)
 
 
 def parse_preset(arg: str | None, experiment: str, **known) -> ml_collections.ConfigDict:

@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from fmjax.experiments import experiment_config  # noqa: E402
 from fmjax.models import build_model  # noqa: E402
+from fmjax.tools.export_hf import hf_config  # noqa: E402
 from fmjax.tools.hf_weights import bert_to_hf  # noqa: E402
 
 
@@ -25,17 +26,7 @@ def test_logits_match_transformers():
         model = build_model(model_config, nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     hf_model = transformers.BertForMaskedLM(
-        transformers.BertConfig(
-            vocab_size=model_config.vocab_size,
-            hidden_size=model_config.embed_dim,
-            num_hidden_layers=model_config.num_layers,
-            num_attention_heads=model_config.num_heads,
-            intermediate_size=model_config.mlp_dim,
-            max_position_embeddings=model_config.max_seq_len,
-            type_vocab_size=model_config.type_vocab_size,
-            layer_norm_eps=model_config.layer_norm_epsilon,
-            hidden_act="gelu",
-        )
+        hf_config(model_config, model_config.vocab_size)  # the export tool's BertConfig
     ).eval()
     missing, unexpected = hf_model.load_state_dict(
         hf_state_dict(params, model_config.num_layers), strict=False

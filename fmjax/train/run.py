@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -114,14 +114,18 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(config: ml_collections.ConfigDict) -> Iterator[Run]:
-    """Resolves and validates `config` (ConfigError on a mistake), builds its task, mesh and
-    program, and keeps the mesh and logical-axis rules active for the block."""
+def open_run(
+    config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
+) -> Iterator[Run]:
+    """Resolves and validates `config` (ConfigError on a mistake), builds its task, mesh (over
+    all devices, or `devices`) and program, and keeps the mesh and logical-axis rules active for
+    the block."""
+    devices = jax.devices() if devices is None else list(devices)
     inherit_model_fields(config)  # model.fields_from_init: the fields of train.init_from's
     resolve_auto_fields(config, jax.default_backend())
-    validate_config(config, jax.device_count(), jax.process_count())
+    validate_config(config, len(devices), jax.process_count())
     task = build_task(config)
-    mesh = make_mesh(config.mesh)
+    mesh = make_mesh(config.mesh, devices)
     check_batch_rows_per_process(mesh)
     with sharding_context(config, mesh):
         yield Run(config, task, mesh, axis_rules(config), build_program(config, task, mesh))
