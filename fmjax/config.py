@@ -149,9 +149,7 @@ RUN_IDENTITY_FIELDS = (
 )
 
 
-def validate_config(
-    config: ml_collections.ConfigDict, num_devices: int, num_processes: int
-) -> None:
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks what the parser cannot (sizes, divisibility); raises ConfigError naming the fix."""
     from fmjax.parallel.mesh import resolve_mesh_shape
 
@@ -178,10 +176,9 @@ def validate_config(
             f"microbatches of a multiple of mesh.data*mesh.fsdp={data_parallel} examples; use a "
             f"batch_size that is a multiple of {max(accum_steps, 1) * data_parallel}"
         )
-    if batch_size % num_processes:
-        raise ConfigError(
-            f"train.batch_size={batch_size} is not divisible by the {num_processes} processes"
-        )
+    # No check against the process count: each process reads one of the batch's row groups
+    # (parallel/mesh.process_batch_block), whose number divides mesh.data*mesh.fsdp, so the check
+    # above covers it; with tensor spanning processes several processes read the same rows.
     for field in ("num_steps", "log_every", "eval_every", "eval_batches"):
         if int(config.train[field]) <= 0:
             raise ConfigError(f"train.{field} must be positive, got {config.train[field]}")

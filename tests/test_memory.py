@@ -93,7 +93,7 @@ def train_on_mesh(config, mesh_shape: dict, num_steps: int, init_params=None):
     config.mesh.update(mesh_shape)
     task = build_task(config)
     devices = jax.devices()[: int(np.prod(list(mesh_shape.values())))]
-    validate_config(config, len(devices), 1)
+    validate_config(config, len(devices))
     mesh = make_mesh(config.mesh, devices)
     with sharding_context(config, mesh):
         program = build_program(config, task, mesh)
@@ -296,10 +296,10 @@ def test_grad_accumulation_config_errors(mlm_config):
     config = mlm_config.copy_and_resolve_references()
     config.train.grad_accum_steps = 3
     with pytest.raises(ConfigError, match="grad_accum_steps=3"):
-        validate_config(config, 8, 1)
+        validate_config(config, 8)
     config.train.grad_accum_steps = 4
     with pytest.raises(ConfigError, match="multiple of 32"):
-        validate_config(config, 8, 1)  # 8-way data parallel: 16 rows make no 4 microbatches
+        validate_config(config, 8)  # 8-way data parallel: 16 rows make no 4 microbatches
     config.mesh.update(data=1, fsdp=1, tensor=1)
     task = build_task(config)
     task.supports_grad_accum = False  # e.g. a contrastive loss over the whole batch

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax.experimental import mesh_utils
 
+from fmjax.config import validate_config
 from fmjax.data.pipeline import make_loader
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
@@ -577,6 +578,34 @@ def test_each_process_reads_the_batch_block_its_devices_hold():
     mesh = types.SimpleNamespace(devices=devices[[0, 2, 1, 3]].reshape(2, 2, 1), shape={})
     with pytest.raises(ConfigError, match="not one contiguous block"):
         check_batch_rows_per_process(mesh)
+
+
+def test_batch_needs_to_divide_the_row_groups_not_the_processes():
+    """8 processes, one per GPU, data 2 x tensor 4: a batch of 4 rows is two row groups of 2,
+    each read by the 4 processes of a tensor group, so 4 rows % 8 processes is no error."""
+    config = experiment_config("bert_tiny", "smoke")
+    config.mesh.update(data=2, fsdp=1, tensor=4)
+    config.train.update(batch_size=4, grad_accum_steps=1)
+    validate_config(config, 8)
+    devices = np.array(_fake_devices(8, 1, "process_index"), dtype=object).reshape(2, 1, 4)
+    mesh = types.SimpleNamespace(devices=devices, shape={"data": 2, "fsdp": 1, "tensor": 4})
+    source = [np.array([i]) for i in range(8)]
+    rows = []
+    for process in range(8):
+        index, count = process_batch_block(mesh, process)
+        loader = make_loader(
+            source,
+            lambda x, rng: {"x": x},
+            global_batch_size=4,
+            seed=0,
+            process_index=index,
+            process_count=count,
+        )
+        rows.append(loader.batch(0)["x"][:, 0].tolist())
+    assert rows[:4] == [rows[0]] * 4 and rows[4:] == [rows[4]] * 4 and rows[0] != rows[4]
+    config.train.batch_size = 5  # not a multiple of the data-parallel size: still an error
+    with pytest.raises(ConfigError, match="data-parallel size"):
+        validate_config(config, 8)
 
 
 # --- per-process data: every example once per epoch --------------------------------------------

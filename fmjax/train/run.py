@@ -123,7 +123,7 @@ def open_run(
     devices = jax.devices() if devices is None else list(devices)
     inherit_model_fields(config)  # model.fields_from_init: the fields of train.init_from's
     resolve_auto_fields(config, jax.default_backend())
-    validate_config(config, len(devices), jax.process_count())
+    validate_config(config, len(devices))
     task = build_task(config)
     mesh = make_mesh(config.mesh, devices)
     check_batch_rows_per_process(mesh)
