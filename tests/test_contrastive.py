@@ -20,6 +20,7 @@ from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
+from fmjax.models.contrastive import MAX_LOGIT_SCALE
 from fmjax.parallel.mesh import make_mesh
 from fmjax.parallel.sharding import shard_batch, sharding_context
 from fmjax.tasks import build_task
@@ -198,6 +199,13 @@ def test_evaluate_embeds_the_whole_split_in_padded_batches():
     scale = float(np.exp(params["logit"]["scale"]))
     expected_loss = naive_clip_loss(images, texts, scale)
     assert values["loss"] == pytest.approx(expected_loss, rel=1e-4)
+    # A learned scale past MAX_LOGIT_SCALE: evaluation clamps it at 100 as training does.
+    params["logit"]["scale"] = jax.numpy.float32(np.log(1000.0))
+    with sharding_context(config, mesh):
+        clamped = task.evaluate(program, params, held_out)
+    assert clamped["loss"] == pytest.approx(
+        naive_clip_loss(images, texts, MAX_LOGIT_SCALE), rel=1e-4
+    )
 
 
 def test_text_encoding_and_augmentation():

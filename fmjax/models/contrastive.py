@@ -123,6 +123,11 @@ class TextTower(nnx.Module):
         return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
+def clamped_logit_scale(log_scale: jax.Array) -> jax.Array:
+    """exp(log scale) clamped at MAX_LOGIT_SCALE (CLIP), for training and evaluation alike."""
+    return jnp.exp(jnp.minimum(log_scale, math.log(MAX_LOGIT_SCALE)))
+
+
 class LogitScale(nnx.Module):
     """Learnable log logit scale and logit bias (named scale/bias: never weight-decayed)."""
 
@@ -186,8 +191,7 @@ class ContrastiveModel(nnx.Module):
 
     def logit_scale_and_bias(self) -> tuple[jax.Array, jax.Array]:
         """(exp(log scale) clamped at MAX_LOGIT_SCALE, bias), float32 scalars."""
-        log_scale = jnp.minimum(self.logit.scale[...], math.log(MAX_LOGIT_SCALE))
-        return jnp.exp(log_scale), self.logit.bias[...]
+        return clamped_logit_scale(self.logit.scale[...]), self.logit.bias[...]
 
 
 Model = ContrastiveModel  # model.family="contrastive" (fmjax/models/__init__.py)

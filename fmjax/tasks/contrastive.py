@@ -26,6 +26,7 @@ from flax import nnx
 
 from fmjax.data.task_data import TaskData, array_batches
 from fmjax.errors import ConfigError
+from fmjax.models.contrastive import clamped_logit_scale
 from fmjax.models.vit import num_patches, num_tokens
 from fmjax.parallel.sharding import constrain
 from fmjax.tasks.base import Metrics, Task
@@ -163,7 +164,7 @@ class ContrastiveImageText(Task):
         prompt_embeddings = program.predict(params, prompts, self.embed_texts)
         similarities = image_embeddings @ text_embeddings.T  # [N images, N texts]
         logit = params["logit"]
-        scale = float(np.exp(jax.device_get(logit["scale"])))
+        scale = float(clamped_logit_scale(jax.device_get(logit["scale"])))
         bias = float(jax.device_get(logit["bias"])) if self.loss == "siglip" else 0.0
         losses = self.per_pair_loss(jnp.asarray(scale * similarities + bias))
         values = {"loss": float(jnp.mean(losses)), "num_pairs": float(len(similarities))}
