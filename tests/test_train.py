@@ -49,6 +49,8 @@ def test_cli_trains_and_writes_the_workdir(shared_data_dir, tmp_path):
     for name in ("config.json", "manifest.json", "metrics.jsonl", "tensorboard", "checkpoints"):
         assert (workdir / name).exists(), name
     assert os.listdir(workdir / "tensorboard")
+    # checkpoint.every_steps=3 of 6 steps: steps 3 and 6, no extra save of the first step.
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
     manifest = json.loads((workdir / "manifest.json").read_text())
     assert manifest["devices"]["num_devices"] == 8
     assert manifest["data"]["sha256"]
@@ -107,6 +109,17 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert data_state == {"step": 7}
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_are_due_every_steps_only(tmp_path):
+    """A fresh run saves at multiples of every_steps, not also at its first step."""
+    checkpoints = Checkpointer(str(tmp_path), every_steps=3, keep=2)
+    assert [step for step in range(1, 8) if checkpoints.is_due(step)] == [3, 6]
+    state = {"w": jax.numpy.ones(2)}
+    assert not checkpoints.save(1, state, {"step": 1})
+    assert checkpoints.save(3, state, {"step": 3})
+    checkpoints.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,10 @@ class Checkpointer:
             },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
-                save_interval_steps=every_steps,
+                # Only every_steps: Orbax's default policy also saves the first step of a fresh
+                # run (InitialSavePolicy), a stray checkpoints/1 that costs a save and a `keep`
+                # slot. The final and preemption saves are forced by the trainer.
+                save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
                 enable_async_checkpointing=async_save,
                 create=True,
             ),
