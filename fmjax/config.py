@@ -93,7 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 500
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
-    # On SIGTERM / a preemption notice: save the current step and exit within this many seconds.
+    # On SIGTERM / a preemption notice the current step is saved before exiting, however long it
+    # takes; past this many seconds a warning says the scheduler's grace period may be too short.
     config.checkpoint.preemption_grace_seconds = 60.0
 
     config.mesh = ml_collections.ConfigDict()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -14,33 +13,38 @@ from jax.experimental import multihost_utils
 class PreemptionWatcher:
     """Notices a preemption request; the trainer checks `should_stop(step)` after every step.
 
-    SIGTERM sets a flag and starts a grace timer: if the process has not exited
-    `grace_seconds` later (e.g. a save hangs), it exits hard; Orbax's atomic commits mean an
-    unfinished save never harms the previous checkpoint. On several hosts, JAX's preemption
-    sync point makes all hosts agree on the step to stop at.
+    SIGTERM sets a flag: the trainer finishes the current step, saves it and waits for the save
+    to be written (Orbax wait_until_finished) before it exits, however long that takes: giving
+    up would only lose the step, since the scheduler's own SIGKILL ends a truly hung process
+    and Orbax's atomic commits keep the previous checkpoint intact either way. If that takes
+    more than `grace_seconds`, a warning says so (the scheduler may kill the process first).
+    On several hosts, JAX's preemption sync point makes all hosts agree on the step to stop at.
     """
 
     def __init__(self, grace_seconds: float):
         self.grace_seconds = float(grace_seconds)
         self.requested = threading.Event()
         self._previous = None
+        self._timer: threading.Timer | None = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
+        if self.requested.is_set():
+            return  # a repeated SIGTERM: the first one's step and save are under way
         self.requested.set()
-        timer = threading.Timer(self.grace_seconds, self._out_of_time)
-        timer.daemon = True
-        timer.start()
+        self._timer = threading.Timer(self.grace_seconds, self._slow_stop)
+        self._timer.daemon = True
+        self._timer.start()
 
-    def _out_of_time(self) -> None:
+    def _slow_stop(self) -> None:
         print(
-            f"fmjax: error: no clean stop within checkpoint.preemption_grace_seconds="
-            f"{self.grace_seconds:g}; exiting (the previous checkpoint is intact)",
+            f"fmjax: warning: still finishing the step and its checkpoint "
+            f"checkpoint.preemption_grace_seconds={self.grace_seconds:g} after SIGTERM; "
+            "waiting for the save (give the scheduler a longer grace period than that)",
             file=sys.stderr,
             flush=True,
         )
-        os._exit(1)
 
     def should_stop(self, step: int) -> bool:
         """True when this step should be the last: a signal here, or a preemption notice."""
@@ -53,5 +57,8 @@ class PreemptionWatcher:
         return self.requested.is_set()
 
     def close(self) -> None:
+        """Cancels the warning (the stop is done) and restores the previous SIGTERM handler."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
