@@ -195,12 +195,16 @@ def test_bfloat16_loss_stays_close_to_float32():
 
 def test_compile_report_counts_every_layer_and_microbatch(tmp_path):
     """XLA counts a loop body once; compile.json's flops_per_step counts every trip: scanned
-    layers with 2 microbatches report the unrolled, one-piece step's FLOPs."""
+    layers with 2 microbatches report the unrolled, one-piece step's FLOPs. The plain step is
+    gpt_tiny.py's own (tests/test_experiments.py leaves its compile check to this test)."""
     from fmjax.train import trainer
 
-    config = experiment_config("gpt_tiny", "smoke")
+    config = experiment_config("gpt_tiny")
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
     config.train.batch_size = 16  # 8-way data parallel, 2 microbatches
     plain = trainer.compile_report(config.copy_and_resolve_references(), str(tmp_path / "plain"))
+    assert plain["num_devices"] == 8 and plain["per_device"]["argument_bytes"] > 0
+    assert 0.5 < plain["model_flops_per_step"] / plain["flops_per_step"] < 1.5
     config.model.update(scan_layers=True, remat="dots_with_no_batch_dims_saveable")
     config.train.grad_accum_steps = 2
     looped = trainer.compile_report(config, str(tmp_path / "looped"))

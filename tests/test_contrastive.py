@@ -259,6 +259,7 @@ def test_experiment_compiles_on_8_devices(tmp_path):
     config.mesh.update(data=2, fsdp=4, tensor=1)
     report = trainer.compile_report(config, str(tmp_path))
     assert report["num_devices"] == 8
+    assert report["per_device"]["argument_bytes"] > 0
     assert json.loads((tmp_path / "compile.json").read_text())["flops_per_step"] > 0
     assert 0.5 < report["model_flops_per_step"] / report["flops_per_step"] < 1.5
 

@@ -18,6 +18,8 @@ COMPILED_ELSEWHERE = {
     "bert_base.py": "tests/test_train.py",
     "gpt2_small.py": "tests/test_gpt.py",
     "vit_b16.py": "tests/test_vit.py",
+    "contrastive_tiny.py": "tests/test_contrastive.py",  # with fsdp=4
+    "gpt_tiny.py": "tests/test_accelerators.py",  # against its scanned, microbatched step
     # These take their model from train.init_from: trained on imported models there.
     "classify.py": "tests/test_published.py",
     "continue_mlm.py": "tests/test_published.py",
