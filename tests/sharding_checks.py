@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import bytes_per_device
+from fmjax.parallel.sharding import bytes_per_device, sharding_context
 from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
@@ -21,7 +21,7 @@ def build_on_mesh(config, mesh_shape: dict):
     """The TrainProgram of `config` on a mesh of `mesh_shape` (nothing is allocated)."""
     config.mesh.update(mesh_shape)
     mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
+    with sharding_context(config, mesh):
         return build_program(config, build_task(config), mesh)
 
 

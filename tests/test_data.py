@@ -91,21 +91,26 @@ def _sequence(rng: np.random.Generator, length: int, real: int) -> np.ndarray:
     return ids
 
 
+def bert_masking(ids, rng, max_predictions):
+    """mask_for_mlm at BERT's 15% with this file's vocabulary and special ids."""
+    return mask_for_mlm(
+        ids,
+        rng,
+        mask_prob=0.15,
+        max_predictions=max_predictions,
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        special_ids=SPECIALS,
+    )
+
+
 def test_mask_for_mlm_statistics_and_invariants():
     rng = np.random.default_rng(1)
     counts = {"mask": 0, "random": 0, "same": 0}
     masked_total = real_total = 0
     for _ in range(2000):
         ids = _sequence(rng, 64, int(rng.integers(20, 62)))
-        out = mask_for_mlm(
-            ids,
-            rng,
-            mask_prob=0.15,
-            max_predictions=12,
-            mask_id=MASK,
-            vocab_size=VOCAB,
-            special_ids=SPECIALS,
-        )
+        out = bert_masking(ids, rng, max_predictions=12)
         assert {k: v.dtype for k, v in out.items()} == {
             "input_ids": np.int32,
             "token_type_ids": np.int32,
@@ -146,26 +151,10 @@ def test_mask_for_mlm_statistics_and_invariants():
 def test_mask_for_mlm_short_and_empty_sequences():
     rng = np.random.default_rng(2)
     ids = _sequence(rng, 16, 2)
-    out = mask_for_mlm(
-        ids,
-        rng,
-        mask_prob=0.15,
-        max_predictions=4,
-        mask_id=MASK,
-        vocab_size=VOCAB,
-        special_ids=SPECIALS,
-    )
+    out = bert_masking(ids, rng, max_predictions=4)
     assert out["masked_weights"].sum() == 1  # at least one prediction
     empty = np.array([CLS, SEP] + [PAD] * 6, np.int32)
-    out = mask_for_mlm(
-        empty,
-        rng,
-        mask_prob=0.15,
-        max_predictions=4,
-        mask_id=MASK,
-        vocab_size=VOCAB,
-        special_ids=SPECIALS,
-    )
+    out = bert_masking(empty, rng, max_predictions=4)
     assert out["masked_weights"].sum() == 0
     np.testing.assert_array_equal(out["input_ids"], empty)
 
@@ -179,15 +168,7 @@ def _source(n: int = 37, length: int = 24) -> np.ndarray:
 
 
 def _transform(example, rng):
-    return mask_for_mlm(
-        np.asarray(example),
-        rng,
-        mask_prob=0.15,
-        max_predictions=5,
-        mask_id=MASK,
-        vocab_size=VOCAB,
-        special_ids=SPECIALS,
-    )
+    return bert_masking(np.asarray(example), rng, max_predictions=5)
 
 
 def _loader(**kwargs):

@@ -272,16 +272,13 @@ def test_restore_onto_another_mesh_is_exact(devices, mesh, shared_data_dir, tmp_
     np.testing.assert_array_equal(np.load(out), expected)
 
 
+# A learning rate that turns the first update's params non-finite.
+EXPLODING = dict(learning_rate=1e30, warmup_steps=0, schedule="constant")
+
+
 def test_nonfinite_updates_are_skipped_and_counted(shared_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    config = smoke_config(
-        shared_data_dir,
-        num_steps=6,
-        log_every=1,
-        learning_rate=1e30,
-        warmup_steps=0,
-        schedule="constant",
-    )
+    config = smoke_config(shared_data_dir, num_steps=6, log_every=1, **EXPLODING)
     summary = trainer.train(config, str(workdir))
     assert summary["train_skipped_steps"] >= 1
     _, params = final_params(workdir)
@@ -290,14 +287,7 @@ def test_nonfinite_updates_are_skipped_and_counted(shared_data_dir, tmp_path):
 
 def test_nonfinite_halt_stops_with_a_clear_error(shared_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    config = smoke_config(
-        shared_data_dir,
-        num_steps=6,
-        learning_rate=1e30,
-        warmup_steps=0,
-        schedule="constant",
-        nonfinite="halt",
-    )
+    config = smoke_config(shared_data_dir, num_steps=6, nonfinite="halt", **EXPLODING)
     with pytest.raises(RunFailure, match="non-finite loss"):
         trainer.train(config, str(workdir))
 

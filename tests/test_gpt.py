@@ -22,14 +22,11 @@ from fmjax.models import build_model
 from fmjax.models.attention import dot_product_attention
 from fmjax.models.gpt import causal_segment_mask
 from fmjax.parallel.mesh import make_mesh
+from fmjax.parallel.sharding import sharding_context
 from fmjax.tasks import build_task
 from fmjax.train import generate, trainer
 from fmjax.train.generate import generate_ids, left_pad, sample_next
 from fmjax.train.step import build_program
-
-
-def experiment(name: str, preset: str | None = None):
-    return experiment_config(name, preset)
 
 
 def tiny_model(seed: int = 0, **overrides) -> nnx.Module:
@@ -222,7 +219,7 @@ def test_sample_next_filters():
 
 
 def test_gpt_tiny_trains_and_generates(shared_data_dir, tmp_path, capsys):
-    config = experiment("gpt_tiny.py", "smoke")
+    config = experiment_config("gpt_tiny.py", "smoke")
     config.data.data_dir = shared_data_dir
     workdir = str(tmp_path / "run")
     summary = trainer.train(config, workdir)
@@ -232,7 +229,7 @@ def test_gpt_tiny_trains_and_generates(shared_data_dir, tmp_path, capsys):
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
     assert summary["eval_perplexity"] == pytest.approx(np.exp(summary["eval_loss"]), rel=1e-6)
 
-    config = experiment("gpt_tiny.py", "smoke")
+    config = experiment_config("gpt_tiny.py", "smoke")
     config.data.data_dir = shared_data_dir
     config.generate.update(prompt="ROMEO:|KING", temperature=0.0, num_samples=2)
     texts = generate.generate(config, workdir)
@@ -242,7 +239,7 @@ def test_gpt_tiny_trains_and_generates(shared_data_dir, tmp_path, capsys):
 
 
 def test_gpt2_small_compiles_on_8_devices(tmp_path):
-    config = experiment("gpt2_small.py")
+    config = experiment_config("gpt2_small.py")
     config.mesh.update(data=1, fsdp=8, tensor=1)
     config.train.batch_size = 8  # the compile check is about the sharded program, not the batch
     report = trainer.compile_report(config, str(tmp_path))
@@ -281,7 +278,7 @@ GPT2_SMALL_GOLDEN_SPECS = {
 
 @pytest.mark.parametrize("mesh_shape", GOLDEN_MESHES.values(), ids=GOLDEN_MESHES.keys())
 def test_gpt2_small_partition_specs_are_golden(mesh_shape):
-    config = experiment("gpt2_small.py")
+    config = experiment_config("gpt2_small.py")
     config.model.compute_dtype = "float32"
     config.model.vocab_size = 50304  # a multiple of mesh.tensor (50257 is odd)
     program = build_on_mesh(config, mesh_shape)
@@ -293,11 +290,11 @@ def test_gpt2_small_partition_specs_are_golden(mesh_shape):
 
 
 def test_untied_head_is_sharded_vocab_on_tensor():
-    config = experiment("gpt_tiny.py", "smoke")
+    config = experiment_config("gpt_tiny.py", "smoke")
     config.model.update(tie_embeddings=False, position_embedding="rotary", compute_dtype="float32")
     config.mesh.update(data=2, fsdp=2, tensor=2)
     mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
+    with sharding_context(config, mesh):
         program = build_program(config, build_task(config), mesh)
     params = program.state_shardings["params"]
     assert params["lm_head"].spec == P("fsdp", "tensor")

@@ -20,6 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from hf_checks import randomize  # noqa: E402
+
 from fmjax.data import tokenizer as tokenizer_lib  # noqa: E402
 from fmjax.errors import ConfigError  # noqa: E402
 from fmjax.experiments import experiment_config, load_experiment  # noqa: E402
@@ -77,14 +79,6 @@ def fmjax_workdir(path, name: str, tokenizer, vocab_padding: int = 0, seed: int 
     return workdir
 
 
-def randomize(hf_model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in hf_model.parameters():
-            parameter.normal_(0.0, 0.1)
-    return hf_model.eval()
-
-
 def bert_logits(model, input_ids, attention_mask):
     length = input_ids.shape[1]
     positions = np.broadcast_to(np.arange(length), input_ids.shape).astype(np.int32)
@@ -112,6 +106,20 @@ def torch_ids(x):
     return torch.from_numpy(np.asarray(x, np.int64))
 
 
+def both_bert_logits(run, hf_model, wordpiece, text):
+    """fmjax's (the run's) and HF's MLM logits of [TEXT, text] padded to 24 tokens, and the real
+    positions (HF and fmjax differ only at padded query positions)."""
+    ids, mask = batch_of(wordpiece, [TEXT, text], 24)
+    ours, types = bert_logits(make_model(run.config.model, run.params), ids, mask)
+    with torch.no_grad():
+        theirs = hf_model(
+            input_ids=torch_ids(ids),
+            token_type_ids=torch_ids(types),
+            attention_mask=torch_ids(mask),
+        ).logits.numpy()
+    return ours, theirs, mask.astype(bool)
+
+
 # --- fmjax -> HF --------------------------------------------------------------------------------
 
 
@@ -127,16 +135,7 @@ def test_bert_export_loads_in_transformers_with_equal_logits(tmp_path, wordpiece
     )
     assert hf_tokenizer.mask_token_id == tokenizer_lib.MASK_ID
 
-    run = load_run(workdir)
-    ids, mask = batch_of(wordpiece, [TEXT, "the lazy dog"], 24)
-    ours, types = bert_logits(make_model(run.config.model, run.params), ids, mask)
-    with torch.no_grad():
-        theirs = hf_model(
-            input_ids=torch_ids(ids),
-            token_type_ids=torch_ids(types),
-            attention_mask=torch_ids(mask),
-        ).logits.numpy()
-    real = mask.astype(bool)  # HF and fmjax differ only at padded query positions
+    ours, theirs, real = both_bert_logits(load_run(workdir), hf_model, wordpiece, "the lazy dog")
     vocab = theirs.shape[-1]
     np.testing.assert_allclose(ours[real][:, :vocab], theirs[real], atol=1e-4, rtol=1e-4)
 
@@ -219,15 +218,7 @@ def test_bert_import_gives_transformers_logits(tmp_path, wordpiece):
     )
     run = load_run(workdir)
     assert run.step == 0 and run.config.model.vocab_size % 8 == 0
-    ids, mask = batch_of(wordpiece, [TEXT, "where there is a will"], 24)
-    ours, types = bert_logits(make_model(run.config.model, run.params), ids, mask)
-    with torch.no_grad():
-        theirs = hf_model(
-            input_ids=torch_ids(ids),
-            token_type_ids=torch_ids(types),
-            attention_mask=torch_ids(mask),
-        ).logits.numpy()
-    real = mask.astype(bool)
+    ours, theirs, real = both_bert_logits(run, hf_model, wordpiece, "where there is a will")
     np.testing.assert_allclose(
         ours[real][:, : config.vocab_size], theirs[real], atol=1e-4, rtol=1e-4
     )

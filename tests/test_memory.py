@@ -229,7 +229,7 @@ def test_scanned_params_and_optimizer_state_shard_like_the_unrolled_ones():
     config = smoke_config("gpt_tiny.py", scan_layers=True)
     config.mesh.update(data=1, fsdp=2, tensor=4)
     mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
+    with sharding_context(config, mesh):
         program = build_program(config, build_task(config), mesh)
     params = program.state_shardings["params"]
     layers = params["decoder"]["layers"]
@@ -304,7 +304,10 @@ def test_grad_accumulation_config_errors(mlm_config):
     task = build_task(config)
     task.supports_grad_accum = False  # e.g. a contrastive loss over the whole batch
     mesh = make_mesh(config.mesh, jax.devices()[:1])
-    with jax.set_mesh(mesh), pytest.raises(ConfigError, match="does not split into microbatches"):
+    with (
+        sharding_context(config, mesh),
+        pytest.raises(ConfigError, match="does not split into microbatches"),
+    ):
         build_program(config, task, mesh)
 
 

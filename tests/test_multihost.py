@@ -122,28 +122,28 @@ def runs(shared_data_dir, tmp_path_factory):
     return one, two, results[0], tensor
 
 
-def test_two_processes_log_the_same_losses_as_one(runs):
-    one, two = _records(runs[0]), _records(runs[1])
-    assert [(r["step"], r["split"]) for r in two] == [(r["step"], r["split"]) for r in one]
-    assert len(one) == RUN["num_steps"] + 1  # 4 train records and the final eval
+def assert_same_losses(one: list[dict], other: list[dict], label: str) -> None:
+    """The same (step, split) records, losses and accuracies equal to float32 rounding."""
+    assert [(r["step"], r["split"]) for r in other] == [(r["step"], r["split"]) for r in one]
     for key in ("loss", "accuracy"):
         a = np.array([r[key] for r in one])
-        b = np.array([r[key] for r in two])
-        print(f"{key}: max |1x8 - 2x4| = {np.max(np.abs(a - b)):.3g}")
+        b = np.array([r[key] for r in other])
+        print(f"{key}: max |{label}| = {np.max(np.abs(a - b)):.3g}")
         # gloo and in-process all-reduces may sum in another order: float32 rounding only
         np.testing.assert_allclose(b, a, rtol=0, atol=2e-5)
+
+
+def test_two_processes_log_the_same_losses_as_one(runs):
+    one, two = _records(runs[0]), _records(runs[1])
+    assert len(one) == RUN["num_steps"] + 1  # 4 train records and the final eval
+    assert_same_losses(one, two, "1x8 - 2x4")
 
 
 def test_tensor_axis_across_processes_logs_the_same_losses_as_one_process(runs):
     """One process per device group, tensor groups spanning processes (as with one process per
     GPU): the processes of a tensor group read the same rows of each batch."""
     one, tensor = _records(runs[0]), _records(runs[3])
-    assert [(r["step"], r["split"]) for r in tensor] == [(r["step"], r["split"]) for r in one]
-    for key in ("loss", "accuracy"):
-        a = np.array([r[key] for r in one])
-        b = np.array([r[key] for r in tensor])
-        print(f"{key}: max |1x8 data - 2x2 tensor across processes| = {np.max(np.abs(a - b)):.3g}")
-        np.testing.assert_allclose(b, a, rtol=0, atol=2e-5)
+    assert_same_losses(one, tensor, "1x8 data - 2x2 tensor across processes")
 
 
 def test_only_process_zero_writes_metrics_manifest_and_tensorboard(runs):

@@ -19,10 +19,6 @@ from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
 
-def experiment(name: str, preset: str | None = None):
-    return experiment_config(name, preset)
-
-
 def random_mlm_batch(task, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
     """A batch with the MLM layout and random contents (numerics checks only)."""
     rng = np.random.default_rng(seed)
@@ -67,7 +63,7 @@ def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 3) -> list[float]:
 
 @pytest.fixture(scope="module")
 def smoke_config():
-    config = experiment("bert_tiny.py", "smoke")
+    config = experiment_config("bert_tiny.py", "smoke")
     config.model.update(compute_dtype="float32", vocab_size=512, num_heads=4, head_dim=16)
     config.model.update(dropout_rate=0.1, attention_dropout_rate=0.1)
     config.train.batch_size = 8
@@ -100,7 +96,7 @@ def test_fsdp_parameters_and_optimizer_state_are_split(smoke_config):
     config = smoke_config.copy_and_resolve_references()
     config.mesh.update(data=1, fsdp=8, tensor=1)
     mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
+    with sharding_context(config, mesh):
         program = build_program(config, build_task(config), mesh)
     params = program.state_shardings["params"]
     assert params["encoder"]["layers"][0]["mlp"]["wi"]["kernel"].spec == P("fsdp", "tensor")
@@ -142,7 +138,7 @@ BERT_BASE_GOLDEN_SPECS = {
 
 @pytest.mark.parametrize("mesh_shape", GOLDEN_MESHES.values(), ids=GOLDEN_MESHES.keys())
 def test_bert_base_partition_specs_are_golden(mesh_shape):
-    config = experiment("bert_base.py")
+    config = experiment_config("bert_base.py")
     config.model.compute_dtype = "float32"
     if mesh_shape["tensor"] == 4:
         config.model.vocab_size = 30528  # 30522 does not split 4 ways; pad to a multiple of 64

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import tokenizers  # noqa: E402
+from hf_checks import randomize  # noqa: E402
 
 from fmjax.data import clm, labeled_files  # noqa: E402
 from fmjax.errors import ConfigError  # noqa: E402
@@ -62,14 +63,6 @@ def published_vocab(texts: list[str], lowercase: bool) -> list[str]:
     specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]"]
     tokens = [*specials, "[MASK]", *words, *chars, *(f"##{c}" for c in chars)]
     return list(dict.fromkeys(tokens))  # one line per token, as a real vocab.txt
-
-
-def randomize(hf_model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in hf_model.parameters():
-            parameter.normal_(0.0, 0.1)
-    return hf_model.eval()
 
 
 def write_bert_dir(directory, texts, lowercase, architecture="BertForMaskedLM", **save_kwargs):

@@ -10,7 +10,6 @@ import tokenizers
 
 from fmjax.data import preparation
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.pipeline import fixed_batches, loader_options, make_loader
 from fmjax.data.task_data import TaskData
 from fmjax.data.text import causal_lm_example
 from fmjax.errors import ConfigError
@@ -51,33 +50,11 @@ def encode_documents(tok: tokenizers.Tokenizer, documents: list[list[str]]) -> l
 
 def build_clm_data(config: Any) -> TaskData:
     """Builds (or loads from the data dir cache) the causal-LM train loader and eval batches."""
-    seq_len, vocab = int(config.data.seq_len), int(config.model.vocab_size)
     prepared = preparation.prepare_text(config, "clm")
     path = prepared.provenance["tokenizer"]["path"]
     eot = tokenizer_lib.end_of_text_id(prepared.tokenizer, path)
-    tokenizer_lib.check_ids_fit((eot,), vocab, path)
-    batch_size = int(config.train.batch_size)
-    train = make_loader(
-        prepared.sources["train"],
-        None,
-        batch_transform=_batch_examples,
-        global_batch_size=batch_size,
-        seed=int(config.seed),
-        **loader_options(config),
-    )
-    eval_batches = fixed_batches(
-        prepared.sources["validation"],
-        _example,
-        batch_size=batch_size,
-        num_batches=int(config.train.eval_batches),
-        seed=int(config.seed),
-    )
-    return TaskData(
-        train=train,
-        eval_batches=eval_batches,
-        provenance={**prepared.provenance, "seq_len": seq_len},
-        tokenizer=prepared.tokenizer,
-    )
+    tokenizer_lib.check_ids_fit((eot,), int(config.model.vocab_size), path)
+    return prepared.task_data(config, _batch_examples, _example, eval_seed=int(config.seed))
 
 
 def _example(row: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:

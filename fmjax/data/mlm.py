@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.pipeline import fixed_batches, loader_options, make_loader, position_uniforms
+from fmjax.data.pipeline import position_uniforms
 from fmjax.data.preparation import prepare_text
 from fmjax.data.task_data import TaskData
 from fmjax.data.text import mask_batch_for_mlm, mask_for_mlm
@@ -18,7 +18,7 @@ EVAL_SEED_OFFSET = 1_000_003  # eval masking uses its own stream, fixed for the 
 
 def build_mlm_data(config: Any) -> TaskData:
     """Builds (or loads from the data dir cache) the MLM train loader and fixed eval batches."""
-    seq_len, vocab = int(config.data.seq_len), int(config.model.vocab_size)
+    vocab = int(config.model.vocab_size)
     prepared = prepare_text(config, "mlm")
     special = tokenizer_lib.wordpiece_special_ids(
         prepared.tokenizer, prepared.provenance["tokenizer"]["path"]
@@ -31,35 +31,16 @@ def build_mlm_data(config: Any) -> TaskData:
         max_predictions=int(config.task.max_predictions),
         vocab_size=prepared.vocab_size,
     )
-    batch_size = int(config.train.batch_size)
-    train = make_loader(
-        prepared.sources["train"],
-        None,
-        batch_transform=functools.partial(
-            mask_train_batch,
-            seed=int(config.seed),
-            special=special,
-            mask_prob=float(config.task.mask_prob),
-            max_predictions=int(config.task.max_predictions),
-            vocab_size=prepared.vocab_size,
-        ),
-        global_batch_size=batch_size,
+    train_transform = functools.partial(
+        mask_train_batch,
         seed=int(config.seed),
-        **loader_options(config),
+        special=special,
+        mask_prob=float(config.task.mask_prob),
+        max_predictions=int(config.task.max_predictions),
+        vocab_size=prepared.vocab_size,
     )
-    eval_batches = fixed_batches(
-        prepared.sources["validation"],
-        transform,
-        batch_size=batch_size,
-        num_batches=int(config.train.eval_batches),
-        seed=int(config.seed) + EVAL_SEED_OFFSET,
-    )
-    return TaskData(
-        train=train,
-        eval_batches=eval_batches,
-        provenance={**prepared.provenance, "seq_len": seq_len},
-        tokenizer=prepared.tokenizer,
-    )
+    eval_seed = int(config.seed) + EVAL_SEED_OFFSET
+    return prepared.task_data(config, train_transform, transform, eval_seed)
 
 
 def mask_train_batch(

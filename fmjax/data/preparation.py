@@ -38,7 +38,10 @@ import tqdm
 
 from fmjax.data import files as files_lib
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.shards import Features, PackedTextSource, ShardWriter, sha256_of
+from fmjax.data.corpora import sha256_file
+from fmjax.data.pipeline import fixed_batches, loader_options, make_loader
+from fmjax.data.shards import Features, PackedTextSource, ShardWriter
+from fmjax.data.task_data import TaskData
 from fmjax.data.text import DocumentPacker, SentencePacker
 from fmjax.errors import ConfigError
 
@@ -97,6 +100,31 @@ class PreparedText:
     sources: dict[str, PackedTextSource]
     provenance: dict
 
+    def task_data(
+        self, config: Any, batch_transform: Callable, eval_transform: Callable, eval_seed: int
+    ) -> TaskData:
+        """The TaskData of these splits: the train loader (`batch_transform` of each global
+        batch's rows) and data.eval_batches fixed validation batches (`eval_transform` of each
+        row, drawn with `eval_seed`)."""
+        batch_size = int(config.train.batch_size)
+        train = make_loader(
+            self.sources["train"],
+            None,
+            batch_transform=batch_transform,
+            global_batch_size=batch_size,
+            seed=int(config.seed),
+            **loader_options(config),
+        )
+        eval_batches = fixed_batches(
+            self.sources["validation"],
+            eval_transform,
+            batch_size=batch_size,
+            num_batches=int(config.train.eval_batches),
+            seed=eval_seed,
+        )
+        provenance = {**self.provenance, "seq_len": int(config.data.seq_len)}
+        return TaskData(train, eval_batches, provenance, tokenizer=self.tokenizer)
+
 
 # ----------------------------------------------------------------- config -> where and what
 
@@ -131,7 +159,7 @@ def dataset_dir(config: Any, layout: str) -> str:
     name = f"{layout}-seq{seq_len}-{LAYOUTS[layout]['short']}{vocab}"
     given = tokenizer_lib.pretrained_tokenizer_path(config)
     if given:  # the model's own tokenizer (any special ids): never retrained
-        name += f"-tokenizer{sha256_of(given)[:12]}"
+        name += f"-tokenizer{sha256_file(given)[:12]}"
     if files_lib.is_files_corpus(str(config.data.corpus)):
         rule = [str(config.data.get("validation_files", "") or "")]
         rule += [float(config.data.get("validation_fraction", 0.01))]
@@ -251,7 +279,7 @@ def open_prepared(record: dict, directory: str, target_vocab: int, path: str) ->
         raise ConfigError(
             f"tokenizer {path} of {directory} is missing; delete the folder to redo it"
         )
-    if sha256_of(path) != record["tokenizer"]["sha256"]:
+    if sha256_file(path) != record["tokenizer"]["sha256"]:
         raise ConfigError(
             f"tokenizer {path} is not the one {directory} was prepared with; restore it or "
             "delete the folder to prepare again"

@@ -19,12 +19,13 @@ that a random read decodes one record.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 
 import numpy as np
 from array_record.python import array_record_data_source, array_record_module
+
+from fmjax.data.corpora import sha256_file
 
 WRITER_OPTIONS = "group_size:1,uncompressed"
 # name -> (numpy dtype name, shape): the record's layout, in this order
@@ -52,15 +53,6 @@ def decode_example(record: bytes, features: Features) -> dict[str, np.ndarray]:
         out[name] = value.astype(np.int32).reshape(shape)
         offset += count * dt.itemsize
     return out
-
-
-def sha256_of(path: str) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardWriter:
@@ -94,7 +86,7 @@ class ShardWriter:
         self._writer = None
         with open(self._tmp, "rb+") as f:
             os.fsync(f.fileno())
-        digest = sha256_of(self._tmp)
+        digest = sha256_file(self._tmp)
         os.replace(self._tmp, self.path)
         return {"file": os.path.basename(self.path), "rows": self.rows, "sha256": digest}
 

@@ -83,7 +83,8 @@ class BertEncoder(nnx.Module):
         x = self.embed_norm(x.astype(jnp.float32))
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
         mask = AttentionMask(key_padding=attention_mask)
-        return self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
+        hidden, _ = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
+        return hidden
 
 
 class Bert(BertEncoder):

@@ -116,7 +116,7 @@ class TextTower(nnx.Module):
         x = constrain(x.astype(jnp.float32), HIDDEN_AXES)
         x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
         mask = AttentionMask(key_padding=real)  # captions are padded on the right
-        hidden = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
+        hidden, _ = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = real.astype(jnp.float32)[:, :, None]

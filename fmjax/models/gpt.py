@@ -120,7 +120,7 @@ class Gpt(nnx.Module):
         if cache is None:
             # causal_segment_mask(segment_ids, segment_ids, slots, slots), as structure.
             mask = AttentionMask(segment_ids=segment_ids, causal=True)
-            hidden = self.decoder(
+            hidden, _ = self.decoder(
                 x, mask, deterministic=deterministic, rngs=rngs, positions=positions
             )
         else:
@@ -131,7 +131,7 @@ class Gpt(nnx.Module):
             query_slots = index + jnp.arange(length)
             key_slots = jnp.arange(key_segments.shape[1])
             mask = causal_segment_mask(segment_ids, key_segments, query_slots, key_slots)
-            hidden, layers = self.decoder.decode(
+            hidden, layers = self.decoder(
                 x,
                 mask,
                 deterministic=deterministic,

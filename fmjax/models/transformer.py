@@ -267,26 +267,15 @@ class Stack(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
         positions: jax.Array | None = None,
-    ) -> jax.Array:
-        """[B, L, embed] -> [B, L, embed]; positions [B, L] feed rotary attention."""
-        x, _ = self.decode(
-            x, mask, deterministic=deterministic, rngs=rngs, positions=positions, cache=None
-        )
-        return x
-
-    def decode(
-        self,
-        x: jax.Array,
-        mask: AttentionMask | jax.Array | None,
-        *,
-        deterministic: bool,
-        rngs: nnx.Rngs | None = None,
-        positions: jax.Array | None = None,
-        cache: list[dict] | dict | None,
+        cache: list[dict] | dict | None = None,
         cache_index: jax.Array | int | None = None,
     ) -> tuple[jax.Array, list[dict] | dict | None]:
-        """(__call__'s output, the updated KV cache): one {"key", "value"} per layer, a list of
-        them, or with scan_layers one dict of arrays stacked on a leading layer axis."""
+        """([B, L, embed] of [B, L, embed], the updated KV cache or None without one).
+
+        positions [B, L] feed rotary attention. cache: one {"key", "value"} per layer, a list
+        of them, or with scan_layers one dict of arrays stacked on a leading layer axis; this
+        call's keys and values are written at cache_index (see MultiHeadAttention).
+        """
 
         def apply_block(block: Block, x: jax.Array, rngs: nnx.Rngs | None, layer_cache):
             return block(

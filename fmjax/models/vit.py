@@ -110,7 +110,8 @@ class ImageEncoder(nnx.Module):
         x = x + self.position_embed(jnp.arange(x.shape[1])[None, :])
         x = x.astype(jnp.float32)  # the residual stream is float32 (blocks cast for matmuls)
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
-        return self.encoder(x, None, deterministic=deterministic, rngs=rngs)
+        hidden, _ = self.encoder(x, None, deterministic=deterministic, rngs=rngs)
+        return hidden
 
     def __call__(
         self, images: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None = None

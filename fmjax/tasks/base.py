@@ -22,6 +22,11 @@ if TYPE_CHECKING:  # type-only: tasks sit below train/ and data/ loads grain and
 Metrics = dict[str, tuple[jax.Array, jax.Array]]  # name -> (sum, count)
 
 
+def arrays(shape: tuple[int, ...], dtype: Any, *names: str) -> dict[str, jax.ShapeDtypeStruct]:
+    """A ShapeDtypeStruct of `shape` and `dtype` under each of `names` (parts of a batch_spec)."""
+    return {name: jax.ShapeDtypeStruct(shape, dtype) for name in names}
+
+
 class Task(abc.ABC):
     """One objective: its data, batch layout, loss and metrics, and its FLOPs per example."""
 

@@ -10,7 +10,7 @@ import ml_collections
 from flax import nnx
 
 from fmjax.data.task_data import TaskData
-from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.base import Metrics, Task, arrays
 from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
 from fmjax.tasks.losses import weighted_cross_entropy
 
@@ -34,11 +34,8 @@ class CausalLanguageModeling(Task):
         """Shapes and dtypes of a batch of `batch_size` packed rows."""
         tokens = (batch_size, self.seq_len)
         return {
-            "input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "target_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "segment_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "positions": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "loss_weights": jax.ShapeDtypeStruct(tokens, jnp.float32),
+            **arrays(tokens, jnp.int32, "input_ids", "target_ids", "segment_ids", "positions"),
+            **arrays(tokens, jnp.float32, "loss_weights"),
         }
 
     def loss_and_metrics(

@@ -9,7 +9,7 @@ from flax import nnx
 
 from fmjax.data.task_data import TaskData
 from fmjax.models.vit import num_patches, num_tokens
-from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.base import Metrics, Task, arrays
 from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
 from fmjax.tasks.losses import weighted_cross_entropy
 
@@ -35,9 +35,9 @@ class ImageClassification(Task):
     def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and dtypes of a batch of `batch_size` images."""
         return {
-            "images": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
-            "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-            "weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32),
+            **arrays((batch_size, *self.image_shape), jnp.float32, "images"),
+            **arrays((batch_size,), jnp.int32, "labels"),
+            **arrays((batch_size,), jnp.float32, "weights"),
         }
 
     def loss_and_metrics(

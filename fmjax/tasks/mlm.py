@@ -8,7 +8,7 @@ import ml_collections
 from flax import nnx
 
 from fmjax.data.task_data import TaskData
-from fmjax.tasks.base import Metrics, Task
+from fmjax.tasks.base import Metrics, Task, arrays
 from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
 from fmjax.tasks.losses import weighted_cross_entropy
 
@@ -34,12 +34,9 @@ class MaskedLanguageModeling(Task):
         tokens = (batch_size, self.seq_len)
         predictions = (batch_size, self.max_predictions)
         return {
-            "input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "token_type_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "masked_positions": jax.ShapeDtypeStruct(predictions, jnp.int32),
-            "masked_ids": jax.ShapeDtypeStruct(predictions, jnp.int32),
-            "masked_weights": jax.ShapeDtypeStruct(predictions, jnp.float32),
+            **arrays(tokens, jnp.int32, "input_ids", "token_type_ids", "attention_mask"),
+            **arrays(predictions, jnp.int32, "masked_positions", "masked_ids"),
+            **arrays(predictions, jnp.float32, "masked_weights"),
         }
 
     def loss_and_metrics(

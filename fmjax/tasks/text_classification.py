@@ -13,7 +13,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from fmjax.data.task_data import TaskData
-from fmjax.tasks.base import Metrics, Task
+from fmjax.models import model_settings
+from fmjax.tasks.base import Metrics, Task, arrays
 from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
 from fmjax.tasks.losses import cross_entropy, weighted_cross_entropy
 
@@ -98,11 +99,9 @@ class TextClassification(Task):
         """Shapes and dtypes of a batch of `batch_size` texts."""
         tokens = (batch_size, self.seq_len)
         return {
-            "input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "token_type_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
-            "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-            "weights": jax.ShapeDtypeStruct((batch_size,), jnp.float32),
+            **arrays(tokens, jnp.int32, "input_ids", "attention_mask", "token_type_ids"),
+            **arrays((batch_size,), jnp.int32, "labels"),
+            **arrays((batch_size,), jnp.float32, "weights"),
         }
 
     def loss_and_metrics(
@@ -155,6 +154,8 @@ class TextClassification(Task):
         2 * d * d (with the pooler) + 2 * d * C."""
         model = self.config.model
         d = model.embed_dim
-        head = (2 * d * d if model.get("pooler", False) else 0) + 2 * d * self.num_classes
+        # BERT's pooler is a bert_classifier field; another family's classifier has none.
+        pooler = bool(getattr(model_settings(model), "pooler", False))
+        head = (2 * d * d if pooler else 0) + 2 * d * self.num_classes
         encoder = transformer_forward_flops(model, self.seq_len)
         return TRAIN_FLOPS_PER_FORWARD * (encoder + head)

@@ -11,7 +11,6 @@ layer (`MultiHeadAttention.sow_attention_probabilities`, off in training).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -24,7 +23,7 @@ from flax import nnx
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.errors import ConfigError
 from fmjax.models.attention import MultiHeadAttention
-from fmjax.tools.workdir import load_run, make_model, run_cli
+from fmjax.tools.workdir import load_run, make_model, run_cli, tool_parser
 
 
 def token_ids(
@@ -132,7 +131,7 @@ def attention_maps(workdir: str, text: str, out: str | None = None, max_tokens: 
 
     matplotlib.use("Agg")
     run = load_run(workdir)
-    family = run.config.model.get("family")
+    family = run.config.model.family
     if family not in ("bert", "gpt"):
         raise ConfigError(
             f"model.family={family!r}: attention_maps supports text models (bert, gpt)"
@@ -160,10 +159,7 @@ def attention_maps(workdir: str, text: str, out: str | None = None, max_tokens: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmjax.tools.attention_maps", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--workdir", required=True, help="fmjax run directory (BERT or GPT)")
+    parser = tool_parser("fmjax.tools.attention_maps", __doc__, "fmjax run directory (BERT or GPT)")
     parser.add_argument("--text", required=True, help="the text to run the model on")
     parser.add_argument(
         "--out", default=None, help="output folder (default WORKDIR/attention_maps)"

@@ -12,7 +12,6 @@ with their scores and writes a bar chart PNG
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -22,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from fmjax.errors import ConfigError
-from fmjax.tools.workdir import load_run, make_model, read_json, run_cli
+from fmjax.tools.workdir import load_run, make_model, read_json, run_cli, tool_parser
 
 
 def target_log_odds(logits: jax.Array, target: int) -> jax.Array:
@@ -88,9 +87,9 @@ def attributions(
 ) -> dict:
     """Attributions of `text` for the latest checkpoint of a bert_classifier workdir."""
     run = load_run(workdir)
-    if run.config.model.get("family") != "bert_classifier":
+    if run.config.model.family != "bert_classifier":
         raise ConfigError(
-            f"model.family={run.config.model.get('family')!r}: attributions need a fine-tuned "
+            f"model.family={run.config.model.family!r}: attributions need a fine-tuned "
             "text classifier (bert_classifier, e.g. experiments/bert_tiny_cls.py)"
         )
     max_len = int(run.config.get("data", {}).get("seq_len", run.config.model.max_seq_len))
@@ -140,10 +139,7 @@ def format_attributions(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmjax.tools.attributions", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--workdir", required=True, help="a fine-tuned bert_classifier run")
+    parser = tool_parser("fmjax.tools.attributions", __doc__, "a fine-tuned bert_classifier run")
     parser.add_argument("--text", required=True, help="the text to classify and explain")
     parser.add_argument("--out", default=None, help="PNG path (default WORKDIR/attributions.png)")
     parser.add_argument(

@@ -19,7 +19,6 @@ also gets compress_<method>.json with the numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any
@@ -28,8 +27,9 @@ import jax
 import numpy as np
 
 from fmjax.errors import ConfigError
+from fmjax.models import model_settings
 from fmjax.params_io import flat_names, stacked_layers, unrolled_layers
-from fmjax.tools.workdir import latest_params, read_config, run_cli
+from fmjax.tools.workdir import latest_params, read_config, run_cli, tool_parser
 from fmjax.train.run import open_run
 
 METHODS = ("int8", "prune")
@@ -183,7 +183,7 @@ def compress(
         raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
     config = read_config(workdir)
     params, step = latest_params(workdir, config.model)
-    stacked = bool(config.model.get("scan_layers", False))
+    stacked = model_settings(config.model).scan_layers
     unrolled = unrolled_layers(params) if stacked else params  # one tensor per layer
     flat = flat_params(unrolled)
     out = out or os.path.join(workdir, "compressed")
@@ -257,10 +257,7 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmjax.tools.compress", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--workdir", required=True, help="fmjax run directory")
+    parser = tool_parser("fmjax.tools.compress", __doc__, "fmjax run directory")
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--sparsity", type=float, default=0.5, help="prune: fraction set to 0")
     parser.add_argument("--out", default=None, help="output folder (default WORKDIR/compressed)")

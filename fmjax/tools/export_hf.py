@@ -21,7 +21,6 @@ token are unchanged.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,8 +30,9 @@ import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.errors import ConfigError
+from fmjax.models import model_settings
 from fmjax.tools.hf_weights import to_hf, weights_of
-from fmjax.tools.workdir import load_run, run_cli
+from fmjax.tools.workdir import load_run, run_cli, tool_parser
 
 # Why fmjax's contrastive model neither exports to nor imports from transformers' CLIPModel.
 CLIP_MISMATCH = (
@@ -47,7 +47,7 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 
 def check_exportable(model: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first model field `transformers` cannot express."""
-    family = model.get("family")
+    family = model.family
     if family == "contrastive":
         raise ConfigError(CLIP_MISMATCH)
     if family not in ("bert", "bert_classifier", "gpt", "vit"):
@@ -55,7 +55,8 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
             f"model.family={family!r}: export_hf supports 'bert', 'bert_classifier', 'gpt' and "
             "'vit'"
         )
-    if family == "bert_classifier" and not model.get("pooler", False):
+    settings = model_settings(model)
+    if family == "bert_classifier" and not settings.pooler:
         raise ConfigError(
             "model.pooler=False: BertForSequenceClassification always applies BERT's tanh "
             "pooler to [CLS]; fine-tune with --config.model.pooler=True to export"
@@ -65,13 +66,13 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
             f"model.head_dim={model.head_dim}: transformers needs num_heads * head_dim == "
             f"embed_dim ({model.num_heads} * {model.head_dim} != {model.embed_dim})"
         )
-    if not model.get("use_bias", True):
+    if not settings.use_bias:
         raise ConfigError("model.use_bias=False: BERT and GPT-2 attention layers have biases")
-    activation = model.get("mlp_activation", "gelu")
+    activation = settings.mlp_activation
     if family == "vit":
-        if model.get("pooling") != "cls":
+        if settings.pooling != "cls":
             raise ConfigError(
-                f"model.pooling={model.get('pooling')!r}: ViTForImageClassification classifies "
+                f"model.pooling={settings.pooling!r}: ViTForImageClassification classifies "
                 "the class token; only pooling='cls' runs can be exported"
             )
         if activation != "gelu":
@@ -86,7 +87,7 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
                 "so BertConfig.hidden_act can only be 'gelu'"
             )
     else:
-        if model.get("position_embedding", "learned") != "learned":
+        if settings.position_embedding != "learned":
             raise ConfigError(
                 f"model.position_embedding={model.position_embedding!r}: GPT-2 has learned "
                 "absolute positions; only 'learned' runs can be exported"
@@ -107,37 +108,47 @@ def hf_config(
     import transformers
 
     check_exportable(model)
-    if model.family == "vit":
+    settings = model_settings(model)
+    # BertConfig and ViTConfig name an encoder's fields alike.
+    encoder = dict(
+        hidden_size=model.embed_dim,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_heads,
+        intermediate_size=model.mlp_dim,
+        hidden_act="gelu",
+        hidden_dropout_prob=model.dropout_rate,
+        attention_probs_dropout_prob=model.attention_dropout_rate,
+        layer_norm_eps=model.layer_norm_epsilon,
+    )
+    if model.family in ("vit", "bert_classifier"):
         names = class_names or [str(i) for i in range(int(model.num_classes))]
+        labels = dict(
+            num_labels=int(model.num_classes),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+        )
+    if model.family == "vit":
         return transformers.ViTConfig(
             architectures=["ViTForImageClassification"],
-            hidden_size=model.embed_dim,
-            num_hidden_layers=model.num_layers,
-            num_attention_heads=model.num_heads,
-            intermediate_size=model.mlp_dim,
-            hidden_act="gelu",
-            hidden_dropout_prob=model.dropout_rate,
-            attention_probs_dropout_prob=model.attention_dropout_rate,
-            layer_norm_eps=model.layer_norm_epsilon,
+            **encoder,
             image_size=model.image_size,
             patch_size=model.patch_size,
             num_channels=model.num_channels,
             qkv_bias=True,
-            num_labels=int(model.num_classes),
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
+            **labels,
         )
     if model.family in ("bert", "bert_classifier"):
         ids = tokenizer_lib.wordpiece_special_ids(tokenizer) if tokenizer else None
         pad_id = ids.pad if ids else tokenizer_lib.PAD_ID
         classes = {}
         if model.family == "bert_classifier":
-            names = class_names or [str(i) for i in range(int(model.num_classes))]
             classes = dict(
-                num_labels=int(model.num_classes),
-                id2label=dict(enumerate(names)),
-                label2id={name: i for i, name in enumerate(names)},
-                classifier_dropout=model.get("classifier_dropout_rate", model.dropout_rate),
+                **labels,
+                classifier_dropout=(
+                    model.dropout_rate
+                    if settings.classifier_dropout_rate is None
+                    else settings.classifier_dropout_rate
+                ),
             )
         return transformers.BertConfig(
             architectures=[
@@ -145,16 +156,9 @@ def hf_config(
             ],
             **classes,
             vocab_size=vocab_size,
-            hidden_size=model.embed_dim,
-            num_hidden_layers=model.num_layers,
-            num_attention_heads=model.num_heads,
-            intermediate_size=model.mlp_dim,
-            hidden_act="gelu",
-            hidden_dropout_prob=model.dropout_rate,
-            attention_probs_dropout_prob=model.attention_dropout_rate,
+            **encoder,
             max_position_embeddings=model.max_seq_len,
             type_vocab_size=model.type_vocab_size,
-            layer_norm_eps=model.layer_norm_epsilon,
             pad_token_id=pad_id,
             tie_word_embeddings=True,
         )
@@ -167,7 +171,7 @@ def hf_config(
         n_layer=model.num_layers,
         n_head=model.num_heads,
         n_inner=model.mlp_dim,
-        activation_function=HF_ACTIVATIONS[model.get("mlp_activation", "gelu")],
+        activation_function=HF_ACTIVATIONS[settings.mlp_activation],
         resid_pdrop=model.dropout_rate,
         embd_pdrop=model.dropout_rate,
         attn_pdrop=model.attention_dropout_rate,
@@ -280,10 +284,7 @@ def export(workdir: str, out: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmjax.tools.export_hf", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--workdir", required=True, help="fmjax run directory (BERT or GPT)")
+    parser = tool_parser("fmjax.tools.export_hf", __doc__, "fmjax run directory (BERT or GPT)")
     parser.add_argument("--out", required=True, help="directory to write the HF model into")
     args = parser.parse_args(argv)
     out = run_cli(export, args.workdir, args.out)

@@ -79,16 +79,28 @@ def bert_weights(num_layers: int) -> list[Weight]:
         Weight(("mlm_bias",), "cls.predictions.bias", "vocab", optional=True),
     ]
     for i in range(num_layers):
-        path, name = ("encoder", "layers", i), f"bert.encoder.layer.{i}"
-        for part in ("query", "key", "value"):
-            table += _dense((*path, "attention", part), f"{name}.attention.self.{part}", "linear")
-        table += _dense(
-            (*path, "attention", "out"), f"{name}.attention.output.dense", "linear_heads_in"
+        table += _encoder_layer(
+            i, "bert", "attention.self", "attention.output.LayerNorm", "output.LayerNorm"
         )
-        table += _norm((*path, "attention_norm"), f"{name}.attention.output.LayerNorm")
-        table += _dense((*path, "mlp", "wi"), f"{name}.intermediate.dense", "linear")
-        table += _dense((*path, "mlp", "wo"), f"{name}.output.dense", "linear")
-        table += _norm((*path, "mlp_norm"), f"{name}.output.LayerNorm")
+    return table
+
+
+def _encoder_layer(
+    index: int, prefix: str, self_attention: str, attention_norm: str, mlp_norm: str
+) -> list[Weight]:
+    """Block `index` of fmjax's encoder <-> HF's BertLayer layout, which ViTLayer shares but
+    for the names of its self-attention and its two LayerNorms."""
+    path, name = ("encoder", "layers", index), f"{prefix}.encoder.layer.{index}"
+    table = []
+    for part in ("query", "key", "value"):
+        table += _dense((*path, "attention", part), f"{name}.{self_attention}.{part}", "linear")
+    table += _dense(
+        (*path, "attention", "out"), f"{name}.attention.output.dense", "linear_heads_in"
+    )
+    table += _norm((*path, "attention_norm"), f"{name}.{attention_norm}")
+    table += _dense((*path, "mlp", "wi"), f"{name}.intermediate.dense", "linear")
+    table += _dense((*path, "mlp", "wo"), f"{name}.output.dense", "linear")
+    table += _norm((*path, "mlp_norm"), f"{name}.{mlp_norm}")
     return table
 
 
@@ -153,18 +165,9 @@ def vit_weights(model: ml_collections.ConfigDict) -> list[Weight]:
         *_dense(("head",), "classifier", "linear", optional=True),  # absent from ViTModel
     ]
     for i in range(model.num_layers):
-        path, name = ("encoder", "layers", i), f"vit.encoder.layer.{i}"
-        for part in ("query", "key", "value"):
-            table += _dense(
-                (*path, "attention", part), f"{name}.attention.attention.{part}", "linear"
-            )
-        table += _dense(
-            (*path, "attention", "out"), f"{name}.attention.output.dense", "linear_heads_in"
+        table += _encoder_layer(
+            i, "vit", "attention.attention", "layernorm_before", "layernorm_after"
         )
-        table += _norm((*path, "attention_norm"), f"{name}.layernorm_before")
-        table += _dense((*path, "mlp", "wi"), f"{name}.intermediate.dense", "linear")
-        table += _dense((*path, "mlp", "wo"), f"{name}.output.dense", "linear")
-        table += _norm((*path, "mlp_norm"), f"{name}.layernorm_after")
     return table
 
 

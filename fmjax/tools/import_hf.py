@@ -26,7 +26,6 @@ training run leaves, at step 0:
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -43,9 +42,10 @@ from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.corpora import sha256_file
 from fmjax.errors import ConfigError
 from fmjax.experiments import EXPERIMENTS_DIR, load_experiment
+from fmjax.models import model_settings
 from fmjax.params_io import stacked_layers
 from fmjax.tools.hf_weights import from_hf, normalize_names, weights_of
-from fmjax.tools.workdir import abstract_params, inference_config, run_cli
+from fmjax.tools.workdir import abstract_params, inference_config, run_cli, tool_parser
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
 DEFAULT_EXPERIMENTS = {"bert": "bert_tiny.py", "gpt": "gpt_tiny.py", "vit": "vit_tiny.py"}
@@ -417,7 +417,7 @@ def write_workdir(
     if record is not None:
         with open(os.path.join(workdir, "import.json"), "w") as f:
             json.dump(record, f, indent=2, sort_keys=True)
-    if config.model.get("scan_layers"):
+    if model_settings(config.model).scan_layers:
         params = stacked_layers(params)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     state = {
@@ -525,9 +525,7 @@ def import_hf(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmjax.tools.import_hf", description=__doc__.split("\n")[0]
-    )
+    parser = tool_parser("fmjax.tools.import_hf", __doc__)
     parser.add_argument("--hf_dir", required=True, help="transformers model directory")
     parser.add_argument("--workdir", required=True, help="new fmjax workdir to write")
     parser.add_argument(

@@ -10,7 +10,6 @@ the checkpoints. Every number is copied from those files; nothing is re-measured
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -18,7 +17,7 @@ import time
 
 import ml_collections
 
-from fmjax.tools.workdir import abstract_params, read_config, read_json, run_cli
+from fmjax.tools.workdir import abstract_params, read_config, read_json, run_cli, tool_parser
 
 # What each bundled dataset is and the biases it carries, for the "Bias, risks" section.
 DATA_NOTES = {
@@ -383,10 +382,7 @@ def _limitations(config: ml_collections.ConfigDict, records: list[dict], dataset
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m fmjax.tools.model_card", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--workdir", required=True, help="fmjax run directory")
+    parser = tool_parser("fmjax.tools.model_card", __doc__, "fmjax run directory")
     args = parser.parse_args(argv)
     print(f"fmjax: wrote {run_cli(model_card, args.workdir)}")
 

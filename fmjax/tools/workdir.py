@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -17,7 +18,7 @@ from flax import nnx
 from fmjax import params_io
 from fmjax.data.tokenizer import tokenizer_of
 from fmjax.errors import ConfigError
-from fmjax.models import build_model
+from fmjax.models import build_model, model_settings
 from fmjax.params_io import latest_step, state_dir, unrolled_layers
 
 
@@ -67,9 +68,10 @@ def inference_config(model_config: ml_collections.ConfigDict) -> ml_collections.
     """The model config the tools build: unrolled blocks (one module per layer, so attention
     layers can sow) and no remat; the weights are the same."""
     model = ml_collections.ConfigDict(model_config.to_dict())
-    if model.get("scan_layers"):
+    settings = model_settings(model)
+    if settings.scan_layers:
         model.scan_layers = False
-    if model.get("remat", "none") != "none":
+    if settings.remat != "none":
         model.remat = "none"
     return model
 
@@ -85,11 +87,20 @@ def load_run(workdir: str, *, with_tokenizer: bool = True) -> RunState:
     """Config, latest params and (optionally) the tokenizer of a workdir."""
     config = read_config(workdir)
     params, step = latest_params(workdir, config.model)
-    if config.model.get("scan_layers"):
+    if model_settings(config.model).scan_layers:
         params = unrolled_layers(params)
     config.model = inference_config(config.model)
     tokenizer, path = tokenizer_of(workdir, step) if with_tokenizer else (None, None)
     return RunState(workdir, config, params, step, tokenizer, path)
+
+
+def tool_parser(module: str, doc: str, workdir_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `python -m <module>`, described by its docstring's first line; with a
+    required --workdir when `workdir_help` says what it is."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    if workdir_help is not None:
+        parser.add_argument("--workdir", required=True, help=workdir_help)
+    return parser
 
 
 def run_cli(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

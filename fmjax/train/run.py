@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from fmjax.config import resolve_auto_fields, validate_config
 from fmjax.data.task_data import TaskData
 from fmjax.errors import ConfigError
+from fmjax.models import model_settings
 from fmjax.parallel.mesh import check_batch_rows_per_process, make_mesh
 from fmjax.parallel.sharding import axis_rules, sharding_context
 from fmjax.tasks import build_task
@@ -74,9 +75,9 @@ class Run:
         replicated computations).
         """
         twin = self.config.copy_and_resolve_references()
-        loops = bool(twin.model.get("scan_layers")) or int(twin.train.grad_accum_steps) > 1
-        if loops:
-            if "scan_layers" in twin.model:
+        scan_layers = model_settings(twin.model).scan_layers
+        if scan_layers or int(twin.train.grad_accum_steps) > 1:
+            if scan_layers:
                 twin.model.scan_layers = False
             twin.train.grad_accum_steps = 1
             lowered = self.lower_train_step(build_program(twin, self.task, self.mesh))

@@ -86,14 +86,14 @@ class TrainProgram:
 def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> TrainProgram:
     """Builds the model abstractly, derives all shardings from logical rules, jits the steps.
 
-    Call under `fmjax.parallel.sharding.sharding_context(config, mesh)` so activation
-    constraints in the model resolve against the mesh when the steps are traced.
+    Call under `fmjax.parallel.sharding.sharding_context(config, mesh)` (fmjax.train.run.open_run
+    enters it once per run): nnx.eval_shape gives every Variable a sharding from the rules in
+    context, and activation constraints in the model resolve against the mesh when the steps
+    are traced.
     """
     seed = int(config.seed)
     rules = axis_rules(config)
-    # nnx.eval_shape under a mesh gives every Variable a sharding from the rules in context
-    # (unused here: param_shardings below decides), so it needs them even outside a run.
-    with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
+    with nnx.use_eager_sharding(False):
         abstract_model = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(seed)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     params_sharding = param_shardings(abstract_params, mesh, rules)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from fmjax.config import check_workdir, write_snapshot
 from fmjax.data.task_data import TaskData
 from fmjax.errors import ConfigError, RunFailure
+from fmjax.models import model_settings
 from fmjax.parallel.sharding import shard_batch
 from fmjax.train.checkpoint import Checkpointer
 from fmjax.train.init_from import check_init_from
@@ -214,7 +215,7 @@ def _restore_or_init(run: Run, checkpoints: Checkpointer, data_identity: dict) -
                 init_from,
                 state,
                 run.program.state_shardings["params"],
-                stacked=bool(run.config.model.get("scan_layers", False)),
+                stacked=model_settings(run.config.model).scan_layers,
                 tokenizer_sha256=data_identity.get("tokenizer_sha256", ""),
             )
             log(f"initialized {len(copied)} parameters from {init_from} (step {step})")
