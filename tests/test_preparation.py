@@ -138,6 +138,13 @@ def test_sharded_round_trip_equals_in_memory_packing(tmp_path, monkeypatch, layo
             tokens, _ = pack_documents(ids, 32, eot)
             assert len(rows) >= len(tokens)
         assert all(r["input_ids"].dtype == np.int32 for r in rows)
+        # batched reads (rows across shards, in any order) equal one-at-a-time reads
+        order = np.random.default_rng(0).permutation(len(source))
+        for got, index in zip(source.__getitems__(order), order, strict=True):
+            for name, value in rows[index].items():
+                np.testing.assert_array_equal(got[name], value)
+        with pytest.raises(IndexError):
+            source[len(source)]
     assert split_docs, "validation must not be empty"
 
 
