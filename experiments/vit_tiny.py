@@ -1,7 +1,9 @@
-"""Tiny ViT on Fashion-MNIST (Debian `dataset-fashion-mnist`): CPU, a few minutes.
+"""Tiny ViT on Fashion-MNIST (Debian `dataset-fashion-mnist`): about 10 minutes on 2 CPU cores.
 
 python -m fmjax.main --config experiments/vit_tiny.py --workdir runs/vit_tiny
-Eval reports top-1 accuracy on all 10,000 test images (chance is 10%).
+Eval reports top-1 accuracy and macro-F1 on all 10,000 test images (chance is 10%). The recipe
+(README "Results"): 7x7 patches, fixed 2-D sine-cosine positions, mean pooling, label smoothing
+0.1, AdamW with warmup + cosine, random crop (padding 2) + flip.
 """
 
 import ml_collections
@@ -13,16 +15,16 @@ from fmjax.experiments import ONE_LAYER_SMOKE_SIZE, parse_preset, smoke_schedule
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     presets = parse_preset(preset, "vit_tiny", smoke=False)
     config = base_config()
-    config.model = vit_model("tiny")
-    config.task = ml_collections.ConfigDict(dict(name="image_classification", label_smoothing=0.0))
+    config.model = vit_model("tiny", position_embedding="sincos2d")
+    config.task = ml_collections.ConfigDict(dict(name="image_classification", label_smoothing=0.1))
     config.data.dataset = "fashion_mnist"  # fashion_mnist | tfds:<name> (prepared by the user)
     config.data.source_dir = ""  # a folder with the idx .gz files or the .deb (skips apt-get)
     config.data.image_size = 28
     config.data.crop_padding = 2  # random 28x28 crop of the image zero-padded by 2 pixels
     config.data.random_flip = True  # clothes are left-right symmetric; digits would not be
 
-    config.train.num_steps = 1200
-    config.train.batch_size = 128
+    config.train.num_steps = 2000
+    config.train.batch_size = 128  # 2,000 x 128 = 4.3 epochs of the 60,000 train images
     config.train.learning_rate = 2e-3
     config.train.warmup_steps = 100
     config.train.schedule = "cosine"
@@ -30,8 +32,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.train.adam_b2 = 0.99
     config.train.adam_eps = 1e-8
     config.train.log_every = 50
-    config.train.eval_every = 600  # eval = the whole test split (79 batches of 128)
-    config.checkpoint.every_steps = 600
+    config.train.eval_every = 1000  # eval = the whole test split (79 batches of 128)
+    config.checkpoint.every_steps = 1000
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.update(ONE_LAYER_SMOKE_SIZE, patch_size=7)

@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     # it holds is copied, the others (e.g. a classification head) keep their fresh init. Resuming
     # the run's own checkpoints ignores it. See fmjax/train/init_from.py.
     config.train.init_from = ""
+    # Comma-separated top-level parameter names that train ("head": a linear probe of a frozen
+    # encoder); '' trains every parameter. See fmjax/train/optim.py.
+    config.train.trainable = ""
     # Peak FLOP/s per device for MFU. 0 = look the device up in fmjax.train.metrics.PEAK_FLOPS
     # (CPU has no entry: MFU is reported as n/a unless this is set).
     config.train.peak_flops_per_device = 0.0

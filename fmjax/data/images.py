@@ -9,6 +9,11 @@ Datasets (config.data.dataset):
                        the short side to image_size * 256/224, center crop (needs pillow).
 Augmentation randomness comes from the per-example rng of fmjax.data.pipeline, so every image's
 crop and flip are a pure function of (seed, stream position).
+
+data.validation_examples / data.train_examples / data.eval_split carve a validation split from
+the train images and cut train to a seeded label budget (fmjax/data/label_splits.py), as the text
+classifiers do. Self-supervised pretraining (fmjax/tasks/simclr.py) reads the same images as two
+augmented views each, without labels (`build_view_data`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fmjax.data.corpora import open_prepared_tfds
+from fmjax.data.label_splits import select_splits
 from fmjax.data.pipeline import loader_options, make_loader
 from fmjax.data.task_data import EvalBatches, TaskData
 from fmjax.errors import ConfigError
@@ -70,6 +76,48 @@ def fashion_mnist_example(
     }
 
 
+def jitter_brightness_contrast(
+    image: np.ndarray, strength: float, rng: np.random.Generator
+) -> np.ndarray:
+    """SimCLR's color jitter for grey images: brightness and contrast factors drawn from
+    [1 - strength, 1 + strength], applied in a random order, pixels clipped to [0, 255]."""
+    x = image.astype(np.float32)
+    brightness, contrast = rng.uniform(1 - strength, 1 + strength, size=2)
+    for op in rng.permutation(2):
+        x = x * brightness if op == 0 else (x - x.mean()) * contrast + x.mean()
+        x = np.clip(x, 0.0, 255.0)
+    return x.astype(np.uint8)
+
+
+def augmented_view(
+    image: np.ndarray, rng: np.random.Generator, *, crop_area: tuple[float, float], jitter: float
+) -> np.ndarray:
+    """One SimCLR view of a uint8 image: random resized crop back to its size, flip, and (with
+    probability 0.8, as SimCLR) brightness / contrast jitter."""
+    height, width = image.shape[:2]
+    top, left, crop_h, crop_w = inception_crop_box(height, width, rng, area_range=crop_area)
+    view = _resize(image[top : top + crop_h, left : left + crop_w], height, width)
+    view = random_flip(view, rng)
+    if jitter > 0 and rng.random() < 0.8:
+        view = jitter_brightness_contrast(view, jitter, rng)
+    return view
+
+
+def fashion_mnist_views(
+    example: dict, rng: np.random.Generator, *, crop_area: tuple[float, float], jitter: float
+) -> dict[str, np.ndarray]:
+    """One Fashion-MNIST image -> two independently augmented views, normalized, no label."""
+    image = np.asarray(example["image"], np.uint8)
+    first, second = (
+        augmented_view(image, rng, crop_area=crop_area, jitter=jitter) for _ in range(2)
+    )
+    return {
+        "first_views": normalize(first, FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+        "second_views": normalize(second, FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+        "weights": np.float32(1.0),
+    }
+
+
 def inception_crop_box(
     height: int, width: int, rng: np.random.Generator, area_range=(0.08, 1.0), attempts: int = 10
 ) -> tuple[int, int, int, int]:
@@ -91,7 +139,10 @@ def inception_crop_box(
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
-    resized = Image.fromarray(image).resize((width, height), Image.BILINEAR)
+    grey = image.ndim == 3 and image.shape[-1] == 1  # PIL takes grey images as [H, W]
+    resized = Image.fromarray(image[..., 0] if grey else image).resize(
+        (width, height), Image.BILINEAR
+    )
     return np.asarray(resized, np.uint8).reshape(height, width, -1)
 
 
@@ -124,6 +175,19 @@ def imagenet_example(
 
 
 # --- datasets ---
+
+
+class Rows:
+    """The examples of `source` at `indices`, in that order (a split carved from another)."""
+
+    def __init__(self, source: Any, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[int(self.indices[index])]
 
 
 def _data_dir(config: Any) -> str:
@@ -228,14 +292,46 @@ def build_image_data(config: Any) -> TaskData:
             f"{config.data.image_size}; set both to the same size"
         )
     batch_size, seed = int(config.train.batch_size), int(config.seed)
+    splits, eval_split, selection = select_splits(
+        {"train": (np.arange(len(train_source)),), "test": (np.arange(len(eval_source)),)},
+        config.data,
+        seed,
+    )
+    provenance["splits"] = selection
+    # The validation split is carved from the train images; "test" is the dataset's own.
+    held_out_source = eval_source if eval_split == "test" else train_source
+    held_out = Rows(held_out_source, splits[eval_split][0])
     train = make_loader(
-        train_source,
+        Rows(train_source, splits["train"][0]),
         train_transform,
         global_batch_size=batch_size,
         seed=seed,
         **loader_options(config),
     )
     # Eval takes no randomness, but the transform signature carries an rng all the same.
-    eval_batches = EvalBatches(eval_source, eval_transform, batch_size, seed)
+    eval_batches = EvalBatches(held_out, eval_transform, batch_size, seed)
+    provenance["num_eval_batches"] = len(eval_batches)
+    return TaskData(train=train, eval_batches=eval_batches, provenance=provenance)
+
+
+def build_view_data(config: Any) -> TaskData:
+    """Two augmented views of every train image (no labels) and of every test image (seeded,
+    so eval sees the same views each time), for self-supervised pretraining."""
+    if str(config.data.get("dataset", "")) != "fashion_mnist":
+        raise ConfigError(
+            f"data.dataset={config.data.get('dataset', '')!r}: self-supervised views are "
+            "implemented for grey images; use data.dataset=fashion_mnist"
+        )
+    train_source, eval_source, _, _, provenance, _ = _fashion_mnist(config)
+    augment = dict(
+        crop_area=(float(config.data.crop_area_min), 1.0), jitter=float(config.data.jitter)
+    )
+    provenance["augmentation"] = {"views": 2, **augment}
+    transform = functools.partial(fashion_mnist_views, **augment)
+    batch_size, seed = int(config.train.batch_size), int(config.seed)
+    train = make_loader(
+        train_source, transform, global_batch_size=batch_size, seed=seed, **loader_options(config)
+    )
+    eval_batches = EvalBatches(eval_source, transform, batch_size, seed)
     provenance["num_eval_batches"] = len(eval_batches)
     return TaskData(train=train, eval_batches=eval_batches, provenance=provenance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fmjax.errors import ConfigError
@@ -14,6 +15,7 @@ from fmjax.models.transformer import HIDDEN_AXES, Stack, TransformerConfig, comp
 from fmjax.parallel.sharding import constrain
 
 POOLINGS = ("cls", "gap")
+POSITION_EMBEDDINGS = ("learned", "sincos2d")
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -45,10 +47,24 @@ class ImageEncoderConfig(TransformerConfig):
     # "cls": a learned class token, as in the paper; "gap": mean of the patch outputs, as in
     # big_vision's "Better plain ViT baselines".
     pooling: str
+    # "learned": a trained table over the tokens (the paper, HF); "sincos2d": fixed 2-D sine /
+    # cosine features of each patch's row and column, no parameters (big_vision's plain ViT):
+    # patches know their place from step 0 instead of once a 0.02-scale table has grown.
+    position_embedding: str = "learned"
 
     def check(self, path: str) -> None:
         """TransformerConfig.check, plus whole patches, a known pooling and pre-LN blocks."""
         super().check(path)
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ConfigError(
+                f"{path}.position_embedding must be one of {POSITION_EMBEDDINGS}, "
+                f"got {self.position_embedding!r}"
+            )
+        if self.position_embedding == "sincos2d" and self.embed_dim % 4:
+            raise ConfigError(
+                f"{path}.position_embedding='sincos2d' needs embed_dim divisible by 4 "
+                f"(sin and cos of rows and columns), got {self.embed_dim}"
+            )
         if self.image_size % self.patch_size:
             raise ConfigError(
                 f"{path}.image_size={self.image_size} is not a multiple of "
@@ -77,6 +93,19 @@ def num_tokens(config) -> int:
     return num_patches(config) + (1 if config.pooling == "cls" else 0)
 
 
+def sincos_2d_position_embedding(
+    rows: int, cols: int, dim: int, temperature: float = 10_000.0
+) -> np.ndarray:
+    """float32 [rows * cols, dim]: sin and cos of each patch's column, then of its row, at
+    dim / 4 geometric frequencies (big_vision's posemb_sincos_2d), row-major like patchify."""
+    y, x = np.mgrid[:rows, :cols]
+    omega = np.arange(dim // 4) / max(dim // 4 - 1, 1)
+    omega = 1.0 / temperature**omega
+    y = y.reshape(-1)[:, None] * omega[None, :]
+    x = x.reshape(-1)[:, None] * omega[None, :]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
 class ImageEncoder(nnx.Module):
     """Image [B, H, W, C] -> pooled features [B, embed_dim]: a ViT without its head."""
 
@@ -94,7 +123,14 @@ class ImageEncoder(nnx.Module):
             if config.pooling == "cls"
             else None
         )
-        self.position_embed = Embedding(num_tokens(config), d, "position", dtype=dtype, rngs=rngs)
+        self.fixed_positions = None  # (rows, cols, dim) of the sincos2d features
+        if config.position_embedding == "learned":
+            self.position_embed = Embedding(
+                num_tokens(config), d, "position", dtype=dtype, rngs=rngs
+            )
+        else:
+            side = config.image_size // config.patch_size
+            self.position_embed, self.fixed_positions = None, (side, side, d)
         self.embed_dropout = Dropout(config.dropout_rate)
         self.encoder = Stack(config, rngs=rngs)  # pre-LN: ends with the final LayerNorm
         self.dtype = dtype
@@ -104,10 +140,13 @@ class ImageEncoder(nnx.Module):
     ) -> jax.Array:
         """Final hidden states [B, tokens, embed_dim] (float32) of float images [B, H, W, C]."""
         x = self.patch_embed(patchify(images, self.patch_size))
+        if self.fixed_positions is not None:  # the patches only: the class token has no place
+            x = x + sincos_2d_position_embedding(*self.fixed_positions).astype(x.dtype)
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
             x = jnp.concatenate([cls, x], axis=1)
-        x = x + self.position_embed(jnp.arange(x.shape[1])[None, :])
+        if self.position_embed is not None:
+            x = x + self.position_embed(jnp.arange(x.shape[1])[None, :])
         x = x.astype(jnp.float32)  # the residual stream is float32 (blocks cast for matmuls)
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
         hidden, _ = self.encoder(x, None, deterministic=deterministic, rngs=rngs)

@@ -20,6 +20,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     from fmjax.tasks.contrastive import ContrastiveImageText
     from fmjax.tasks.image_classification import ImageClassification
     from fmjax.tasks.mlm import MaskedLanguageModeling
+    from fmjax.tasks.simclr import SelfSupervisedImagePairs
     from fmjax.tasks.text_classification import TextClassification
 
     tasks: dict[str, type[Task]] = {
@@ -28,6 +29,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
         "image_classification": ImageClassification,
         "contrastive": ContrastiveImageText,
         "text_classification": TextClassification,
+        "simclr": SelfSupervisedImagePairs,
     }
     name = str(config.task.get("name", ""))
     if ":" in name:

@@ -77,6 +77,11 @@ def check_exportable(model: ml_collections.ConfigDict) -> None:
             )
         if activation != "gelu":
             raise ConfigError(f"model.mlp_activation={activation!r}: HF ViT uses exact GELU")
+        if model.get("position_embedding", "learned") != "learned":
+            raise ConfigError(
+                f"model.position_embedding={model.position_embedding!r}: HF ViT has a learned "
+                "position table; only position_embedding='learned' runs can be exported"
+            )
         return
     if family in ("bert", "bert_classifier"):
         if model.norm_position != "post":

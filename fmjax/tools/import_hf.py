@@ -302,6 +302,7 @@ def fmjax_model_fields(hf_config: dict) -> dict:
             head_dim=hidden // heads,
             mlp_dim=int(hf_config["intermediate_size"]),
             pooling="cls",  # HF ViT classifies the class token's output
+            position_embedding="learned",  # HF ViT's table (vit_tiny itself uses sincos2d)
             dropout_rate=float(hf_config.get("hidden_dropout_prob", 0.0)),
             attention_dropout_rate=float(hf_config.get("attention_probs_dropout_prob", 0.0)),
             layer_norm_epsilon=float(hf_config.get("layer_norm_eps", 1e-12)),

@@ -19,7 +19,9 @@ import time
 
 import numpy as np
 
-INITS = {"pretrained": "", "scratch": "scratch"}  # the preset each line of the curve uses
+# The preset each line of the curve uses ("probe": a linear probe of the frozen pretrained
+# encoder, for experiments that have that preset, e.g. vit_simclr_cls).
+INITS = {"pretrained": "", "probe": "probe", "scratch": "scratch"}
 
 
 def _typed(old, text: str):
@@ -134,7 +136,13 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], num_all: int, path: str) -> None:
+def plot(
+    rows: list[dict],
+    num_all: int,
+    path: str,
+    title: str = "Rotten Tomatoes: BERT-Mini fine-tuning",
+    examples: str = "reviews",
+) -> None:
     """Test accuracy against labels (log axis), one line per init, error bars = std."""
     import matplotlib
 
@@ -144,14 +152,16 @@ def plot(rows: list[dict], num_all: int, path: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for init in INITS:
         points = [r for r in rows if r["init"] == init]
+        if not points:
+            continue
         x = [r["labels"] or num_all for r in points]
         y = [r["accuracy_mean"] for r in points]
         err = [r["accuracy_std"] for r in points]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=init)
     ax.set_xscale("log")
-    ax.set_xlabel("labeled training reviews")
+    ax.set_xlabel(f"labeled training {examples}")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Rotten Tomatoes: BERT-Mini fine-tuning")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -197,12 +207,20 @@ def main() -> None:
         f.write(markdown_table(rows))
     config = run_config(args.experiment, "scratch", 0, 0, args.set, args.preset)
     num_all = _num_all_labels(config)
-    plot(rows, num_all, os.path.join(args.out, "transfer_curve.png"))
+    path = os.path.join(args.out, "transfer_curve.png")
+    if config.task.name == "image_classification":
+        plot(rows, num_all, path, f"Fashion-MNIST: {args.experiment}", "images")
+    else:
+        plot(rows, num_all, path)
     print(markdown_table(rows))
 
 
 def _num_all_labels(config) -> int:
     """How many labeled train examples "all" is (train minus the validation carve)."""
+    if config.task.name == "image_classification":
+        from fmjax.data.images import build_image_data
+
+        return int(build_image_data(config).provenance["splits"]["num_examples"]["train"])
     from fmjax.data.text_classification import labeled_data
 
     splits, _, _ = labeled_data(config)

@@ -54,8 +54,61 @@ def applied_learning_rate(schedule: optax.Schedule, opt_state: Any) -> Any:
     return schedule(count)
 
 
+def trainable_names(train_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The top-level parameter names of train.trainable ("head,encoder"); () = every parameter."""
+    text = str(train_config.get("trainable", "") or "")
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def trainable_mask(params: Any, train_config: ml_collections.ConfigDict) -> Any:
+    """A bool per parameter: whether train.trainable lets it train (ConfigError on a name that
+    is no top-level parameter of the model)."""
+    names = trainable_names(train_config)
+    if names and isinstance(params, dict):
+        unknown = sorted(set(names) - set(params))
+        if unknown:
+            raise ConfigError(
+                f"train.trainable names {unknown}, not top-level parameters of the model "
+                f"({sorted(params)}); list some of those, or '' for all"
+            )
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not names or getattr(path[0], "key", None) in names, params
+    )
+
+
+def stop_frozen_gradients(params: Any, train_config: ml_collections.ConfigDict) -> Any:
+    """The params with a stop_gradient on those train.trainable freezes, so the backward pass
+    through them is never computed (a linear probe costs a forward of the encoder)."""
+    if not trainable_names(train_config):
+        return params
+    return jax.tree.map(
+        lambda leaf, trains: leaf if trains else jax.lax.stop_gradient(leaf),
+        params,
+        trainable_mask(params, train_config),
+    )
+
+
 def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping and the configured schedule."""
+    """AdamW with global-norm clipping and the configured schedule; with train.trainable set,
+    the other parameters' updates are zeroed (e.g. a linear probe: the encoder never moves)."""
+    optimizer = _adamw(train_config)
+    if not trainable_names(train_config):
+        return optimizer
+    # Zeroed after AdamW rather than split off with multi_transform: the optimizer state keeps
+    # the params' tree (so it shards like them); frozen moments stay 0 (their gradients are
+    # stopped), and the zeroing also drops AdamW's weight decay of frozen params.
+    return optax.chain(
+        optimizer,
+        optax.masked(
+            optax.set_to_zero(),
+            lambda params: jax.tree.map(
+                lambda trains: not trains, trainable_mask(params, train_config)
+            ),
+        ),
+    )
+
+
+def _adamw(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     chain = []
     if train_config.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(train_config.grad_clip_norm))

@@ -27,7 +27,12 @@ from fmjax.parallel.sharding import (
     shard_batch,
 )
 from fmjax.tasks.base import Task
-from fmjax.train.optim import applied_learning_rate, learning_rate_schedule, make_optimizer
+from fmjax.train.optim import (
+    applied_learning_rate,
+    learning_rate_schedule,
+    make_optimizer,
+    stop_frozen_gradients,
+)
 
 # Train state: a plain dict {"step": int32 scalar, "params": pure dict, "opt_state": optax state},
 # so Orbax, jit shardings and tree utilities see ordinary pytrees.
@@ -125,7 +130,7 @@ def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> 
         return {"step": jnp.int32(0), "params": params, "opt_state": optimizer.init(params)}
 
     def loss_fn(params, batch, rng):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, stop_frozen_gradients(params, config.train))
         rngs = None if rng is None else nnx.Rngs(dropout=rng)
         return task.loss_and_metrics(model, batch, deterministic=rng is None, rngs=rngs)
 
