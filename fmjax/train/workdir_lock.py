@@ -170,6 +170,9 @@ class LeaseLock:
         raise _in_use(self.path.parent, "could not create its lock object", "")
 
     def _renew(self) -> None:
+        # The read and the renewal write are not one atomic step: a contender's claim landing
+        # between them is overwritten once; the contender's own renewer then reads this run's
+        # record and stops that run, so one run survives either way.
         while not self._stop.wait(self.lease_seconds / 5):
             holder = self.read()
             if holder is None or holder.get("owner") != self.owner:
