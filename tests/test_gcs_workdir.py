@@ -7,6 +7,7 @@ they would to GCS on a pod.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -126,19 +127,25 @@ def test_the_lock_object_refuses_a_second_run_until_its_lease_runs_out(gcs):
 
 
 def test_the_lock_is_renewed_and_a_lost_lock_stops_the_run(gcs):
-    workdir = f"gs://{BUCKET}/runs/renewed"
-    lock_name = f"{BUCKET}/runs/renewed/.lock"
-    with pytest.raises(KeyboardInterrupt):
-        with WorkdirLock(workdir, lease_seconds=1.0):
-            first = json.loads(gcs.cat_file(lock_name))["renewed"]
-            # renewed every 0.2 s; polled with a generous deadline (a loaded machine is slow)
-            deadline = time.time() + 60
-            while json.loads(gcs.cat_file(lock_name))["renewed"] <= first:
-                assert time.time() < deadline, "the lock was never renewed"
-                time.sleep(0.1)
-            # Another run claims the lock, and re-claims it as its own renewer would: a claim
-            # that lands between this run's read and its renewal write is overwritten once.
-            for _ in range(600):  # the renewer sees it and interrupts this thread (<= 60 s)
-                gcs.pipe_file(lock_name, json.dumps({"owner": "another run"}).encode())
-                time.sleep(0.1)
-    assert json.loads(gcs.cat_file(lock_name))["owner"] == "another run"  # not deleted
+    # The renewer stops the run through Python's SIGINT handler (_thread.interrupt_main), which a
+    # shell disables for a job it starts in the background (nohup ... &): install it for the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        workdir = f"gs://{BUCKET}/runs/renewed"
+        lock_name = f"{BUCKET}/runs/renewed/.lock"
+        with pytest.raises(KeyboardInterrupt):
+            with WorkdirLock(workdir, lease_seconds=1.0):
+                first = json.loads(gcs.cat_file(lock_name))["renewed"]
+                # renewed every 0.2 s; polled with a generous deadline (a loaded machine is slow)
+                deadline = time.time() + 60
+                while json.loads(gcs.cat_file(lock_name))["renewed"] <= first:
+                    assert time.time() < deadline, "the lock was never renewed"
+                    time.sleep(0.1)
+                # Another run claims the lock, and re-claims it as its own renewer would: a claim
+                # that lands between this run's read and its renewal write is overwritten once.
+                for _ in range(600):  # the renewer sees it and interrupts this thread (<= 60 s)
+                    gcs.pipe_file(lock_name, json.dumps({"owner": "another run"}).encode())
+                    time.sleep(0.1)
+        assert json.loads(gcs.cat_file(lock_name))["owner"] == "another run"  # not deleted
+    finally:
+        signal.signal(signal.SIGINT, previous)
