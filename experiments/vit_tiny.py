@@ -2,8 +2,11 @@
 
 python -m fmjax.main --config experiments/vit_tiny.py --workdir runs/vit_tiny
 Eval reports top-1 accuracy and macro-F1 on all 10,000 test images (chance is 10%). The recipe
-(README "Results"): 7x7 patches, fixed 2-D sine-cosine positions, mean pooling, label smoothing
-0.1, AdamW with warmup + cosine, random crop (padding 2) + flip.
+(README "Results", 88.2% in 8.5 min): 7x7 patches, Xavier-uniform kernels, fixed 2-D sine-cosine
+positions, mean pooling, label smoothing 0.1, AdamW with warmup + cosine, 6.4 epochs. No
+augmentation: at this budget the model underfits, and random crops + flips cost 8 points at 600
+steps (the sweep is in README "Results"); `--config.data.crop_padding=2
+--config.data.random_flip=True` turns them on for longer runs.
 """
 
 import ml_collections
@@ -20,11 +23,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.dataset = "fashion_mnist"  # fashion_mnist | tfds:<name> (prepared by the user)
     config.data.source_dir = ""  # a folder with the idx .gz files or the .deb (skips apt-get)
     config.data.image_size = 28
-    config.data.crop_padding = 2  # random 28x28 crop of the image zero-padded by 2 pixels
-    config.data.random_flip = True  # clothes are left-right symmetric; digits would not be
+    config.data.crop_padding = 0  # >0: random 28x28 crops of the image zero-padded by that much
+    config.data.random_flip = False  # clothes are left-right symmetric; digits would not be
 
-    config.train.num_steps = 2000
-    config.train.batch_size = 128  # 2,000 x 128 = 4.3 epochs of the 60,000 train images
+    config.train.num_steps = 3000
+    config.train.batch_size = 128  # 3,000 x 128 = 6.4 epochs of the 60,000 train images
     config.train.learning_rate = 2e-3
     config.train.warmup_steps = 100
     config.train.schedule = "cosine"

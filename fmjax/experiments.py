@@ -131,6 +131,7 @@ def vit_model(shape: str = "tiny", **overrides) -> ml_collections.ConfigDict:
         attention_dropout_rate=0.0,
         layer_norm_epsilon=1e-6,
         norm_position="pre",
+        kernel_init="xavier_uniform",  # the original ViT / big_vision init (attention.KERNEL_INITS)
     )
     return _family_model("vit", shape, fields, overrides)
 

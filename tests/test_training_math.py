@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models import build_model
 from fmjax.parallel.mesh import make_mesh
@@ -54,6 +55,31 @@ def test_gpt_residual_projections_are_scaled_by_depth(scan_layers):
     np.testing.assert_allclose(stds["out"], residual, rtol=0.1)
     np.testing.assert_allclose(stds["wo"], residual, rtol=0.1)
     np.testing.assert_allclose(stds["wi"] + stds["query"], 0.02, rtol=0.1)
+
+
+def test_vit_kernels_are_xavier_uniform_and_bert_kernels_normal():
+    """vit_tiny's attention and MLP kernels: big_vision's Xavier-uniform, std sqrt(2 / (fan_in +
+    fan_out)); bert_tiny's stay N(0, 0.02); an unknown name fails at start naming the field."""
+    vit = experiment("vit_tiny.py", None).model
+    assert vit.kernel_init == "xavier_uniform"
+    vit.compute_dtype = "float32"
+    params = leaves_by_path(nnx.to_pure_dict(nnx.state(build(vit), nnx.Param)))
+    d, mlp = vit.embed_dim, vit.mlp_dim
+    expected = {"query": np.sqrt(2 / (2 * d)), "wi": np.sqrt(2 / (d + mlp))}
+    for name, std in expected.items():
+        kernels = [v for path, v in params.items() if f"/{name}/kernel" in path]
+        assert len(kernels) == vit.num_layers
+        np.testing.assert_allclose([np.std(k) for k in kernels], std, rtol=0.1)
+        limit = np.sqrt(3) * std  # uniform on [-limit, limit]
+        assert all(np.abs(k).max() <= limit * (1 + 1e-6) for k in kernels)
+    bert_config = experiment("bert_tiny.py", None).model
+    bert_config.compute_dtype = "float32"
+    bert = leaves_by_path(nnx.to_pure_dict(nnx.state(build(bert_config), nnx.Param)))
+    wi = [v for path, v in bert.items() if "/wi/kernel" in path]
+    np.testing.assert_allclose([np.std(k) for k in wi], 0.02, rtol=0.1)
+    vit.kernel_init = "glorot"
+    with pytest.raises(ConfigError, match="kernel_init must be one of"):
+        build(vit)
 
 
 @pytest.mark.parametrize("name", ["bert_tiny.py", "gpt_tiny.py"])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fmjax.errors import ConfigError
-from fmjax.models.attention import NORMAL_INIT, MultiHeadAttention
+from fmjax.models.attention import KERNEL_INITS, NORMAL_INIT, MultiHeadAttention
 from fmjax.models.attention_backends import AttentionMask, check_attention_backend
 from fmjax.models.dropout import Dropout
 from fmjax.models.settings import settings
@@ -57,6 +57,7 @@ class TransformerConfig:
     scan_layers: bool = False  # True: blocks stacked on a 'layers' axis, one nnx.scan
     mlp_activation: str = "gelu"  # a MLP_ACTIVATIONS name
     use_bias: bool = True  # biases on the attention projections
+    kernel_init: str = "normal"  # attention and MLP kernels: a KERNEL_INITS name
 
     def check(self, path: str) -> None:
         """Raises a ConfigError naming the field of `path` whose value is not one it allows."""
@@ -64,6 +65,7 @@ class TransformerConfig:
             ("norm_position", list(NORM_POSITIONS)),
             ("remat", list(REMAT_POLICIES)),
             ("mlp_activation", sorted(MLP_ACTIVATIONS)),
+            ("kernel_init", sorted(KERNEL_INITS)),
         ):
             if getattr(self, field) not in allowed:
                 raise ConfigError(
@@ -90,15 +92,16 @@ def dense(
     dtype,
     rngs,
     preferred_element_type=None,
+    kernel_init=NORMAL_INIT,
 ) -> nnx.Linear:
-    """A Linear layer with BERT init and logical axis names on kernel and bias
-    (preferred_element_type=float32 for outputs that feed a softmax or a loss)."""
+    """A Linear layer with BERT's N(0, 0.02) init (or `kernel_init`) and logical axis names on
+    kernel and bias (preferred_element_type=float32 for outputs that feed a softmax or a loss)."""
     return nnx.Linear(
         features_in,
         features_out,
         dtype=dtype,
         preferred_element_type=preferred_element_type,
-        kernel_init=nnx.with_partitioning(NORMAL_INIT, axes),
+        kernel_init=nnx.with_partitioning(kernel_init, axes),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
         rngs=rngs,
     )
@@ -120,10 +123,18 @@ class Mlp(nnx.Module):
     """dense -> GELU (exact, as in BERT, or the tanh approximation of GPT-2) -> dense."""
 
     def __init__(
-        self, embed_dim: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs, activation: str = "gelu"
+        self,
+        embed_dim: int,
+        mlp_dim: int,
+        *,
+        dtype,
+        rngs: nnx.Rngs,
+        activation: str = "gelu",
+        kernel_init=NORMAL_INIT,
     ):
-        self.wi = dense(embed_dim, mlp_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.wo = dense(mlp_dim, embed_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        init = dict(dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+        self.wi = dense(embed_dim, mlp_dim, ("embed", "mlp"), **init)
+        self.wo = dense(mlp_dim, embed_dim, ("mlp", "embed"), **init)
         self.approximate_gelu = MLP_ACTIVATIONS[activation]
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -147,6 +158,7 @@ class Block(nnx.Module):
             rngs=rngs,
             use_bias=config.use_bias,
             rotary=rotary,
+            kernel_init=KERNEL_INITS[config.kernel_init],
         )
         self.mlp = Mlp(
             config.embed_dim,
@@ -154,6 +166,7 @@ class Block(nnx.Module):
             dtype=dtype,
             rngs=rngs,
             activation=config.mlp_activation,
+            kernel_init=KERNEL_INITS[config.kernel_init],
         )
         self.attention_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
         self.mlp_norm = layer_norm(config.embed_dim, config.layer_norm_epsilon, rngs=rngs)
