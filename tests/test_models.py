@@ -12,6 +12,7 @@ from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models import build_model, model_settings
 from fmjax.models.attention import (
+    ForwardContext,
     MultiHeadAttention,
     causal_mask,
     dot_product_attention,
@@ -82,7 +83,7 @@ def test_multi_head_attention_module_matches_naive_projections():
         )
     x = jax.random.normal(jax.random.key(1), (2, 5, 16))
     attention_mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
-    out = layer(x, padding_mask(attention_mask), deterministic=True)
+    out = layer(x, ForwardContext(padding_mask(attention_mask), deterministic=True))
 
     def project(dense, inputs):
         return np.einsum("bld,dhk->blhk", inputs, dense.kernel[...]) + dense.bias[...]

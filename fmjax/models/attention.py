@@ -6,6 +6,8 @@ KV cache ({"key", "value"} arrays [B, S, H, D]) that decoding writes one step at
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,6 +29,23 @@ NORMAL_INIT = nnx.initializers.normal(stddev=0.02)
 # learns faster from it (README "Results", ViT).
 KERNEL_INITS = {"normal": NORMAL_INIT, "xavier_uniform": nnx.initializers.xavier_uniform()}
 MASKED_OUT = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardContext:
+    """What every attention layer of one forward pass sees besides its input and its KV cache.
+
+    mask: an AttentionMask (what fused kernels understand), a boolean array broadcasting to
+    [B, 1, Lq, Lk], or None. deterministic: no dropout (eval); otherwise `rngs` draws the
+    dropout keys. positions [B, L]: token positions for rotary embeddings (rotary modules only).
+    cache_index: the slot at which a call with a KV cache writes its keys and values.
+    """
+
+    mask: AttentionMask | jax.Array | None
+    deterministic: bool
+    rngs: nnx.Rngs | None = None
+    positions: jax.Array | None = None
+    cache_index: jax.Array | int | None = None
 
 
 def padding_mask(attention_mask: jax.Array) -> jax.Array:
@@ -126,43 +145,33 @@ class MultiHeadAttention(nnx.Module):
         self.sow_attention_probabilities = False
 
     def __call__(
-        self,
-        x: jax.Array,
-        mask: AttentionMask | jax.Array | None,
-        *,
-        deterministic: bool,
-        rngs: nnx.Rngs | None = None,
-        positions: jax.Array | None = None,
-        cache: dict | None = None,
-        cache_index: jax.Array | int | None = None,
+        self, x: jax.Array, context: ForwardContext, cache: dict | None = None
     ) -> jax.Array | tuple[jax.Array, dict]:
         """[B, L, embed] -> [B, L, embed]; with `cache`, also returns the updated cache.
 
-        positions [B, L]: token positions for rotary embeddings (rotary modules only).
         cache: {"key", "value"} [B, S, H, D]; this call's keys/values are written at slots
-        cache_index .. cache_index + L and attention runs over all S slots (`mask` is then
-        [B, 1, L, S] and decides which slots are visible).
-        mask: an AttentionMask (what fused kernels understand), a boolean array broadcasting
-        to [B, 1, Lq, Lk], or None.
+        context.cache_index .. cache_index + L and attention runs over all S slots (the mask is
+        then [B, 1, L, S] and decides which slots are visible).
         """
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         query, key, value = (constrain(y, head_axes) for y in self.project_qkv(x))
         if self.rotary:
-            if positions is None:
+            if context.positions is None:
                 raise ValueError("a rotary attention module needs token positions")
-            query, key = apply_rotary(query, positions), apply_rotary(key, positions)
+            query = apply_rotary(query, context.positions)
+            key = apply_rotary(key, context.positions)
         new_cache = None
         if cache is not None:
-            start = (0, cache_index, 0, 0)
+            start = (0, context.cache_index, 0, 0)
             key = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
             value = jax.lax.dynamic_update_slice(
                 cache["value"], value.astype(cache["value"].dtype), start
             )
             new_cache = {"key": key, "value": value}
         dropout_rng = None
-        if not deterministic and self.dropout_rate > 0.0:
-            dropout_rng = rngs.dropout()
-        mask = as_attention_mask(mask)
+        if not context.deterministic and self.dropout_rate > 0.0:
+            dropout_rng = context.rngs.dropout()
+        mask = as_attention_mask(context.mask)
         attended = dot_product_attention(
             query,
             key,
@@ -170,7 +179,7 @@ class MultiHeadAttention(nnx.Module):
             mask,
             dropout_rate=self.dropout_rate,
             dropout_rng=dropout_rng,
-            deterministic=deterministic,
+            deterministic=context.deterministic,
             # Decoding one token against a KV cache is no kernel's shape: the einsum reference.
             backend=self.backend if cache is None else "xla",
         )

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fmjax.models.attention import ForwardContext
 from fmjax.models.attention_backends import AttentionMask
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
@@ -83,7 +84,7 @@ class BertEncoder(nnx.Module):
         x = self.embed_norm(x.astype(jnp.float32))
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
         mask = AttentionMask(key_padding=attention_mask)
-        hidden, _ = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
+        hidden, _ = self.encoder(x, ForwardContext(mask, deterministic, rngs))
         return hidden
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fmjax.errors import ConfigError
+from fmjax.models.attention import ForwardContext
 from fmjax.models.attention_backends import AttentionMask
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
@@ -116,7 +117,7 @@ class TextTower(nnx.Module):
         x = constrain(x.astype(jnp.float32), HIDDEN_AXES)
         x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
         mask = AttentionMask(key_padding=real)  # captions are padded on the right
-        hidden, _ = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
+        hidden, _ = self.encoder(x, ForwardContext(mask, deterministic, rngs))
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = real.astype(jnp.float32)[:, :, None]

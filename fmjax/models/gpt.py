@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fmjax.errors import ConfigError
-from fmjax.models.attention import NORMAL_INIT, segment_mask
+from fmjax.models.attention import NORMAL_INIT, ForwardContext, segment_mask
 from fmjax.models.attention_backends import AttentionMask
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding
@@ -120,9 +120,7 @@ class Gpt(nnx.Module):
         if cache is None:
             # causal_segment_mask(segment_ids, segment_ids, slots, slots), as structure.
             mask = AttentionMask(segment_ids=segment_ids, causal=True)
-            hidden, _ = self.decoder(
-                x, mask, deterministic=deterministic, rngs=rngs, positions=positions
-            )
+            hidden, _ = self.decoder(x, ForwardContext(mask, deterministic, rngs, positions))
         else:
             index = cache["index"]
             key_segments = jax.lax.dynamic_update_slice(
@@ -131,15 +129,8 @@ class Gpt(nnx.Module):
             query_slots = index + jnp.arange(length)
             key_slots = jnp.arange(key_segments.shape[1])
             mask = causal_segment_mask(segment_ids, key_segments, query_slots, key_slots)
-            hidden, layers = self.decoder(
-                x,
-                mask,
-                deterministic=deterministic,
-                rngs=rngs,
-                positions=positions,
-                cache=cache["layers"],
-                cache_index=index,
-            )
+            context = ForwardContext(mask, deterministic, rngs, positions, cache_index=index)
+            hidden, layers = self.decoder(x, context, cache["layers"])
             cache = {"layers": layers, "segment_ids": key_segments, "index": index + length}
         logits = self.logits(hidden)
         return logits if cache is None else (logits, cache)

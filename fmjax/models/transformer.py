@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fmjax.errors import ConfigError
-from fmjax.models.attention import KERNEL_INITS, NORMAL_INIT, MultiHeadAttention
-from fmjax.models.attention_backends import AttentionMask, check_attention_backend
+from fmjax.models.attention import KERNEL_INITS, NORMAL_INIT, ForwardContext, MultiHeadAttention
+from fmjax.models.attention_backends import check_attention_backend
 from fmjax.models.dropout import Dropout
 from fmjax.models.settings import settings
 from fmjax.parallel.sharding import constrain
@@ -175,32 +175,16 @@ class Block(nnx.Module):
         self.dtype = dtype
 
     def __call__(
-        self,
-        x: jax.Array,
-        mask: AttentionMask | jax.Array | None,
-        *,
-        deterministic: bool,
-        rngs: nnx.Rngs | None = None,
-        positions: jax.Array | None = None,
-        cache: dict | None = None,
-        cache_index: jax.Array | int | None = None,
+        self, x: jax.Array, context: ForwardContext, cache: dict | None = None
     ) -> tuple[jax.Array, dict | None]:
         """([B, L, embed], the updated KV cache) of [B, L, embed]; the cache is None without
         one (see MultiHeadAttention)."""
 
         def drop(y):
-            return self.dropout(y, deterministic=deterministic, rngs=rngs)
+            return self.dropout(y, deterministic=context.deterministic, rngs=context.rngs)
 
         def attention(y):
-            return self.attention(
-                y.astype(self.dtype),
-                mask,
-                deterministic=deterministic,
-                rngs=rngs,
-                positions=positions,
-                cache=cache,
-                cache_index=cache_index,
-            )
+            return self.attention(y.astype(self.dtype), context, cache)
 
         def mlp(y):
             return self.mlp(y.astype(self.dtype))
@@ -273,33 +257,18 @@ class Stack(nnx.Module):
         )
 
     def __call__(
-        self,
-        x: jax.Array,
-        mask: AttentionMask | jax.Array | None,
-        *,
-        deterministic: bool,
-        rngs: nnx.Rngs | None = None,
-        positions: jax.Array | None = None,
-        cache: list[dict] | dict | None = None,
-        cache_index: jax.Array | int | None = None,
+        self, x: jax.Array, context: ForwardContext, cache: list[dict] | dict | None = None
     ) -> tuple[jax.Array, list[dict] | dict | None]:
         """([B, L, embed] of [B, L, embed], the updated KV cache or None without one).
 
-        positions [B, L] feed rotary attention. cache: one {"key", "value"} per layer, a list
-        of them, or with scan_layers one dict of arrays stacked on a leading layer axis; this
-        call's keys and values are written at cache_index (see MultiHeadAttention).
+        cache: one {"key", "value"} per layer, a list of them, or with scan_layers one dict of
+        arrays stacked on a leading layer axis; this call's keys and values are written at
+        context.cache_index (see MultiHeadAttention).
         """
 
+        # The Rngs are an argument, not read from `context`: in a scan they ride in the carry.
         def apply_block(block: Block, x: jax.Array, rngs: nnx.Rngs | None, layer_cache):
-            return block(
-                x,
-                mask,
-                deterministic=deterministic,
-                rngs=rngs,
-                positions=positions,
-                cache=layer_cache,
-                cache_index=cache_index,
-            )
+            return block(x, dataclasses.replace(context, rngs=rngs), layer_cache)
 
         # graph_updates=False: the blocks only update Variables (the Rngs counts), never their
         # structure, so the transforms skip the graph bookkeeping; it also lets the stack run
@@ -318,11 +287,12 @@ class Stack(nnx.Module):
                 x, layer_cache = apply_block(block, x, rngs, layer_cache)
                 return (x, rngs), layer_cache
 
-            (x, _), new_cache = scan_blocks(self.layers, (x, rngs), cache)
+            (x, _), new_cache = scan_blocks(self.layers, (x, context.rngs), cache)
         else:
             new_cache = []
             for i, block in enumerate(self.layers):
-                x, layer_cache = apply_block(block, x, rngs, None if cache is None else cache[i])
+                layer_cache = None if cache is None else cache[i]
+                x, layer_cache = apply_block(block, x, context.rngs, layer_cache)
                 new_cache.append(layer_cache)
         x = x if self.final_norm is None else self.final_norm(x)
         return x, None if cache is None else new_cache

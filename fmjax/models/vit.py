@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from fmjax.errors import ConfigError
+from fmjax.models.attention import ForwardContext
 from fmjax.models.dropout import Dropout
 from fmjax.models.embeddings import Embedding, PatchEmbedding
 from fmjax.models.settings import settings
@@ -149,7 +150,7 @@ class ImageEncoder(nnx.Module):
             x = x + self.position_embed(jnp.arange(x.shape[1])[None, :])
         x = x.astype(jnp.float32)  # the residual stream is float32 (blocks cast for matmuls)
         x = constrain(self.embed_dropout(x, deterministic=deterministic, rngs=rngs), HIDDEN_AXES)
-        hidden, _ = self.encoder(x, None, deterministic=deterministic, rngs=rngs)
+        hidden, _ = self.encoder(x, ForwardContext(None, deterministic, rngs))
         return hidden
 
     def __call__(
