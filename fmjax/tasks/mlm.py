@@ -5,22 +5,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
 from fmjax.data.task_data import TaskData
-from fmjax.tasks.base import Metrics, Task, arrays
-from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
-from fmjax.tasks.losses import weighted_cross_entropy
+from fmjax.tasks.base import arrays
+from fmjax.tasks.sequence_task import SequenceTask
 
 
-class MaskedLanguageModeling(Task):
+class MaskedLanguageModeling(SequenceTask):
     """Predict the original ids at masked positions (BERT's 15% / 80-10-10 corruption)."""
 
     name = "mlm"
+    model_inputs = ("input_ids", "token_type_ids", "attention_mask", "masked_positions")
+    targets, weights = "masked_ids", "masked_weights"  # logits at the masked positions
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.seq_len = int(config.data.seq_len)
         self.max_predictions = int(config.task.max_predictions)
 
     def build_data(self) -> TaskData:
@@ -39,28 +38,8 @@ class MaskedLanguageModeling(Task):
             **arrays(predictions, jnp.float32, "masked_weights"),
         }
 
-    def loss_and_metrics(
-        self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, Metrics]:
-        """Mean cross-entropy over real masked positions, and (sum, count) metrics."""
-        logits = model(
-            batch["input_ids"],
-            batch["token_type_ids"],
-            batch["attention_mask"],
-            batch["masked_positions"],
-            deterministic=deterministic,
-            rngs=rngs,
-        )
-        return weighted_cross_entropy(logits, batch["masked_ids"], batch["masked_weights"])
-
-    def tokens_per_example(self) -> int:
-        return self.seq_len
-
-    def train_flops_per_example(self) -> float:
-        """The encoder's FLOPs (fmjax.tasks.flops) over seq_len tokens, plus the MLM head at
-        each of max_predictions positions: 2 * (d * d + d * V), transform and tied decoder."""
-        model = self.config.model
-        d = model.embed_dim
-        head = self.max_predictions * 2 * (d * d + d * model.vocab_size)
-        encoder = transformer_forward_flops(model, self.seq_len)
-        return TRAIN_FLOPS_PER_FORWARD * (encoder + head)
+    def head_forward_flops(self) -> float:
+        """The MLM head at each of max_predictions positions: 2 * (d * d + d * V), transform
+        and tied decoder."""
+        d, vocab_size = self.config.model.embed_dim, self.config.model.vocab_size
+        return self.max_predictions * 2 * (d * d + d * vocab_size)

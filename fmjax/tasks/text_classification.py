@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 from fmjax.data.task_data import TaskData
 from fmjax.models import model_settings
-from fmjax.tasks.base import Metrics, Task, arrays
-from fmjax.tasks.flops import TRAIN_FLOPS_PER_FORWARD, transformer_forward_flops
-from fmjax.tasks.losses import cross_entropy, weighted_cross_entropy
+from fmjax.tasks.base import arrays
+from fmjax.tasks.losses import cross_entropy
+from fmjax.tasks.sequence_task import SequenceTask
 
 if TYPE_CHECKING:
     from fmjax.train.step import TrainProgram
@@ -75,17 +75,19 @@ def format_confusion_matrix(matrix: np.ndarray, class_names: tuple[str, ...]) ->
     return "\n".join(["most frequent confusions (true -> predicted):", *lines])
 
 
-class TextClassification(Task):
+class TextClassification(SequenceTask):
     """Predict one of model.num_classes labels per text; weights 0 mark padding rows."""
 
     name = "text_classification"
+    model_inputs = ("input_ids", "attention_mask")
+    model_keyword_inputs = ("token_type_ids",)  # a classifier of another family may ignore them
+    targets, weights = "labels", "weights"
 
     def __init__(self, config: ml_collections.ConfigDict):
         from fmjax.data.text_classification import resolve_num_classes
 
         resolve_num_classes(config)  # model.num_classes=0: the number of classes in the data
         super().__init__(config)
-        self.seq_len = int(config.data.seq_len)
         self.num_classes = int(config.model.num_classes)
         self.label_smoothing = float(config.task.get("label_smoothing", 0.0))
 
@@ -104,30 +106,9 @@ class TextClassification(Task):
             **arrays((batch_size,), jnp.float32, "weights"),
         }
 
-    def loss_and_metrics(
-        self, model: nnx.Module, batch: dict, *, deterministic: bool, rngs: nnx.Rngs | None
-    ) -> tuple[jax.Array, Metrics]:
-        """Mean cross-entropy over weighted texts, and (sum, count) loss and accuracy."""
-        logits = model(
-            batch["input_ids"],
-            batch["attention_mask"],
-            deterministic=deterministic,
-            rngs=rngs,
-            token_type_ids=batch["token_type_ids"],
-        )
-        return weighted_cross_entropy(
-            logits, batch["labels"], batch["weights"], self.label_smoothing
-        )
-
     def logits_and_labels(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(logits [B, C], labels [B]) of a held-out batch, for TrainProgram.predict."""
-        logits = model(
-            batch["input_ids"],
-            batch["attention_mask"],
-            deterministic=True,
-            token_type_ids=batch["token_type_ids"],
-        )
-        return logits, batch["labels"]
+        return self.logits(model, batch, deterministic=True, rngs=None), batch["labels"]
 
     def evaluate(self, program: TrainProgram, params: Any, data: TaskData) -> dict[str, Any]:
         """Loss, accuracy, macro precision / recall / F1 and the confusion matrix (a list of
@@ -146,16 +127,10 @@ class TextClassification(Task):
             tqdm.write(format_confusion_matrix(matrix, data.class_names))
         return values
 
-    def tokens_per_example(self) -> int:
-        return self.seq_len
-
-    def train_flops_per_example(self) -> float:
-        """The encoder's FLOPs (fmjax.tasks.flops) over seq_len tokens, plus the head per text:
-        2 * d * d (with the pooler) + 2 * d * C."""
+    def head_forward_flops(self) -> float:
+        """The head per text: 2 * d * d (with the pooler) + 2 * d * C."""
         model = self.config.model
         d = model.embed_dim
         # BERT's pooler is a bert_classifier field; another family's classifier has none.
         pooler = bool(getattr(model_settings(model), "pooler", False))
-        head = (2 * d * d if pooler else 0) + 2 * d * self.num_classes
-        encoder = transformer_forward_flops(model, self.seq_len)
-        return TRAIN_FLOPS_PER_FORWARD * (encoder + head)
+        return (2 * d * d if pooler else 0) + 2 * d * self.num_classes
