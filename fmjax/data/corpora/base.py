@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable, Hashable, Iterator
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -80,3 +82,54 @@ class PackageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "sha256": {name: sha256_file(path) for name, path in zip(names, paths, strict=True)},
             "source_dir": self._source_dir,
         }
+
+
+class LabeledTextBuilder(PackageBuilder, skip_registration=True):
+    """Texts with a class label and a source id, {"text", "label", ID_FIELD}, split into train
+    and test by a stable hash of each row (so a split never depends on the build machine)."""
+
+    CLASS_NAMES: ClassVar[tuple[str, ...]]
+    ID_FIELD: ClassVar[str]  # the text field naming where a row came from (a movie, a synset)
+
+    def labeled_text_info(
+        self, *, description: str, homepage: str, license: str
+    ) -> tfds.core.DatasetInfo:
+        """The DatasetInfo of rows {"text", "label" (a CLASS_NAMES index), ID_FIELD}."""
+        return self.dataset_info(
+            description=description,
+            features={
+                "text": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=self.CLASS_NAMES),
+                self.ID_FIELD: tfds.features.Text(),
+            },
+            supervised_keys=("text", "label"),
+            homepage=homepage,
+            license=license,
+        )
+
+    def train_test_splits(
+        self,
+        keyed_rows: list[tuple[Hashable, dict]],
+        is_test: Callable[[dict], bool],
+        provenance: dict,
+        **metadata,
+    ) -> dict[str, Iterator[tuple[Hashable, dict]]]:
+        """The _split_generators result of (example key, row) pairs: rows where `is_test` go to
+        "test", the others to "train"; the dataset's metadata records `provenance`, the class
+        names, `metadata` and each split's size."""
+        splits = {
+            "train": [(key, row) for key, row in keyed_rows if not is_test(row)],
+            "test": [(key, row) for key, row in keyed_rows if is_test(row)],
+        }
+        provenance.update(
+            class_names=list(self.CLASS_NAMES),
+            **metadata,
+            **{f"num_{split}_examples": len(split_rows) for split, split_rows in splits.items()},
+        )
+        self.info.metadata.update(provenance)
+        return {split: self._generate_examples(split_rows) for split, split_rows in splits.items()}
+
+    def _generate_examples(
+        self, keyed_rows: list[tuple[Hashable, dict]]
+    ) -> Iterator[tuple[Hashable, dict]]:
+        yield from keyed_rows

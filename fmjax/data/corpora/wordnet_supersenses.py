@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
 from fmjax.data.corpora import is_validation
-from fmjax.data.corpora.base import PackageBuilder
+from fmjax.data.corpora.base import LabeledTextBuilder
 from fmjax.errors import ConfigError
 
 PACKAGE = "wordnet-base"
@@ -61,22 +60,18 @@ def is_test_gloss(gloss: str) -> bool:
     return is_validation(f"wordnet/{gloss}", TEST_FRACTION)
 
 
-class WordnetSupersenses(PackageBuilder):
+class WordnetSupersenses(LabeledTextBuilder):
     """WordNet glosses: {"text", "label" (one of the 45 LEXNAMES), "synset" (offset-pos)}."""
 
     name = "fmjax_wordnet_supersenses"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Glosses of wordnet-base labeled by lex_filenum; 10% held out."}
+    CLASS_NAMES = LEXNAMES
+    ID_FIELD = "synset"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info(
+        return self.labeled_text_info(
             description="WordNet 3.0 glosses and their supersense (lexicographer file).",
-            features={
-                "text": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=LEXNAMES),
-                "synset": tfds.features.Text(),
-            },
-            supervised_keys=("text", "label"),
             homepage="https://packages.debian.org/wordnet-base",
             license="WordNet 3.0 license",
         )
@@ -103,18 +98,9 @@ class WordnetSupersenses(PackageBuilder):
                 rows.extend(synset_glosses(f.read(), name.split(".")[1]))
         if not rows:
             raise ConfigError(f"{folder} holds no synsets; re-fetch {PACKAGE}")
-        splits = {
-            "train": [r for r in rows if not is_test_gloss(r["text"])],
-            "test": [r for r in rows if is_test_gloss(r["text"])],
-        }
-        provenance.update(
-            class_names=list(LEXNAMES),
+        return self.train_test_splits(
+            [(row["synset"], row) for row in rows],
+            lambda row: is_test_gloss(row["text"]),
+            provenance,
             test_fraction=TEST_FRACTION,
-            **{f"num_{split}_examples": len(split_rows) for split, split_rows in splits.items()},
         )
-        self.info.metadata.update(provenance)
-        return {split: self._generate_examples(split_rows) for split, split_rows in splits.items()}
-
-    def _generate_examples(self, rows: list[dict]) -> Iterator[tuple[str, dict]]:
-        for row in rows:
-            yield row["synset"], row
