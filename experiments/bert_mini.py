@@ -9,7 +9,7 @@ Then fine-tune it: experiments/bert_mini_cls.py. Presets: "smoke" (seconds, for 
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import SMOKE_SIZE, bert_model, mlm_task, parse_preset, smoke_schedule
+from fmjax.experiments import SMOKE_SIZE, bert_model, mlm_task, parse_preset, train_schedule
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -27,18 +27,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     # 3,650-4,480 tokens/s on 2 cores: 2,400 steps of 32 x 128 tokens took 40 min 41 s with
     # start-up (held-out masked-token accuracy 15.9%). Linear decay to zero, as Cramming's.
-    config.train.num_steps = 2400
-    config.train.batch_size = 32
-    config.train.learning_rate = 1e-3
-    config.train.warmup_steps = 120
-    config.train.schedule = "linear"
-    config.train.adam_b2 = 0.98
-    config.train.log_every = 50
-    config.train.eval_every = 400
-    config.train.eval_batches = 16
-    config.checkpoint.every_steps = 400
+    train_schedule(config, 2400, 32, log_every=50, eval_every=400, eval_batches=16)
+    config.train.update(learning_rate=1e-3, warmup_steps=120, adam_b2=0.98)
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.update(SMOKE_SIZE)
-        smoke_schedule(config, 6, 8, checkpoint_every=3, log_every=2, eval_batches=1)
+        train_schedule(config, 6, 8, checkpoint_every=3, log_every=2, eval_batches=1)
     return config

@@ -17,6 +17,7 @@ from fmjax.experiments import (
     parse_preset,
     smoke_classifier,
     text_classification_config,
+    train_schedule,
 )
 
 PRETRAINED = "runs/bert_mini"  # the workdir of experiments/bert_mini.py
@@ -41,14 +42,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_split = "validation"  # the test split is read once, by transfer_curve
 
     # A short budget (2 CPU cores): 150 steps of 32, selection every 50 steps.
-    config.train.num_steps = 150
-    config.train.batch_size = 32
-    config.train.learning_rate = 3e-4
-    config.train.warmup_steps = 15
-    config.train.weight_decay = 0.01
-    config.train.log_every = 25
-    config.train.eval_every = 50
-    config.checkpoint.every_steps = 50
+    train_schedule(config, 150, 32, log_every=25, eval_every=50)
+    config.train.update(learning_rate=3e-4, warmup_steps=15)
     config.checkpoint.keep = 3  # every evaluated checkpoint: the selection reads one of them
     config.checkpoint.async_save = False
 

@@ -11,7 +11,7 @@ from fmjax.experiments import (
     mlm_task,
     parse_preset,
     shakespeare_pretraining_config,
-    smoke_schedule,
+    train_schedule,
 )
 
 
@@ -23,5 +23,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     )
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.update(SMOKE_SIZE)
-        smoke_schedule(config, 6, 8, checkpoint_every=3, log_every=2, eval_batches=1)
+        train_schedule(config, 6, 8, checkpoint_every=3, log_every=2, eval_batches=1)
     return config

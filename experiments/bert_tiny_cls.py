@@ -16,6 +16,7 @@ from fmjax.experiments import (
     parse_preset,
     smoke_classifier,
     text_classification_config,
+    train_schedule,
 )
 
 PRETRAINED = "runs/bert_tiny"  # the workdir of experiments/bert_tiny.py
@@ -37,20 +38,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Review snippets average ~26 words; glosses are shorter.
     config = text_classification_config(model, dataset, 64, PRETRAINED)
 
-    # ~3 epochs of the 11,128 train reviews at batch 32; BERT's fine-tuning recipe otherwise.
-    config.train.num_steps = 1000
-    config.train.batch_size = 32
-    config.train.learning_rate = 1e-4
-    config.train.warmup_steps = 100
-    config.train.weight_decay = 0.01
-    config.train.log_every = 50
-    config.train.eval_every = 500  # eval = the whole test split (1,680 reviews)
-    config.checkpoint.every_steps = 500
-
-    if presets.supersense:  # 105,760 train glosses: less than one epoch
-        config.train.num_steps = 2000
-        config.train.eval_every = 1000  # eval = 11,899 test glosses
-        config.checkpoint.every_steps = 1000
+    # ~3 epochs of the 11,128 train reviews at batch 32, or less than one of the 105,760 train
+    # glosses; eval = the whole test split (1,680 reviews, 11,899 glosses). BERT's fine-tuning
+    # recipe otherwise (base_config's AdamW: warmup 100, weight decay 0.01).
+    num_steps = 2000 if presets.supersense else 1000
+    train_schedule(
+        config, num_steps, 32, eval_every=num_steps // 2, learning_rate=1e-4, log_every=50
+    )
     if presets.scratch:
         from_scratch(config, PRETRAINED)
     if presets.smoke:  # seconds: for tests and quick checks (init_from is set by the test)

@@ -16,7 +16,7 @@ and the confusion matrix over the whole held-out split. Presets: "smoke" (second
 
 import ml_collections
 
-from fmjax.experiments import parse_preset, smoke_schedule, text_classification_config
+from fmjax.experiments import parse_preset, text_classification_config, train_schedule
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -39,17 +39,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.test_file = ""  # held-out rows (same format); '' = a hash split of the train file
     config.data.test_fraction = 0.1
 
-    # BERT's fine-tuning recipe (Devlin et al. 2019): a few epochs at 2e-5..5e-5.
-    config.train.num_steps = 1000
-    config.train.batch_size = 32
-    config.train.learning_rate = 3e-5
-    config.train.warmup_steps = 100
-    config.train.weight_decay = 0.01
-    config.train.log_every = 50
-    config.train.eval_every = 500
-    config.checkpoint.every_steps = 500
+    # BERT's fine-tuning recipe (Devlin et al. 2019): a few epochs at 2e-5..5e-5, base_config's
+    # AdamW otherwise (warmup 100, weight decay 0.01).
+    train_schedule(config, 1000, 32, eval_every=500, learning_rate=3e-5, log_every=50)
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.data.seq_len = 32
-        smoke_schedule(config, 6, 8, learning_rate=1e-3, warmup_steps=1, log_every=2)
+        train_schedule(config, 6, 8, learning_rate=1e-3, warmup_steps=1, log_every=2)
     return config

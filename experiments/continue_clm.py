@@ -14,22 +14,20 @@ generation) come from train.init_from's workdir. Presets: "smoke".
 
 import ml_collections
 
-from fmjax.experiments import continued_pretraining_config, generate_config, parse_preset
+from fmjax.experiments import (
+    causal_lm_task,
+    continued_pretraining_config,
+    cosine_adamw,
+    generate_config,
+    parse_preset,
+)
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     presets = parse_preset(preset, "continue_clm", smoke=False)
-    task = ml_collections.ConfigDict(dict(name="causal_lm"))
+    optimizer = cosine_adamw(1e-4, 0.1, 0.99)
     config = continued_pretraining_config(
-        "gpt",
-        task,
-        presets.smoke,
-        batch_size=16,
-        learning_rate=1e-4,
-        schedule="cosine",
-        weight_decay=0.1,
-        adam_b2=0.99,
-        adam_eps=1e-8,
+        "gpt", causal_lm_task(), presets.smoke, batch_size=16, **optimizer
     )
     config.generate = generate_config()
     if presets.smoke:

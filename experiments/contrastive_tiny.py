@@ -11,7 +11,13 @@ import math
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import ONE_LAYER_SMOKE_SIZE, parse_preset, smoke_schedule, transformer_size
+from fmjax.experiments import (
+    ONE_LAYER_SMOKE_SIZE,
+    cosine_adamw,
+    parse_preset,
+    train_schedule,
+    transformer_size,
+)
 
 # (log logit scale, logit bias) at init: CLIP's temperature 0.07; SigLIP's scale 10, bias -10.
 LOGIT_INITS = {"clip": (math.log(1 / 0.07), 0.0), "siglip": (math.log(10.0), -10.0)}
@@ -64,22 +70,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.seq_len = 16  # [CLS] name [SEP]: the longest emoji name is 15 WordPiece tokens
     config.data.crop_padding = 2  # random 32x32 crop of the image edge-padded by 2 pixels
 
-    config.train.num_steps = 500
-    config.train.batch_size = 64  # 1,215 train pairs: 19 steps an epoch
-    config.train.learning_rate = 1e-3
-    config.train.warmup_steps = 100
-    config.train.schedule = "cosine"
-    config.train.weight_decay = 0.1
-    config.train.adam_b2 = 0.98
-    config.train.adam_eps = 1e-8
-    config.train.log_every = 25
-    config.train.eval_every = 250  # eval = all 177 held-out pairs
-    config.checkpoint.every_steps = 250
+    # 1,215 train pairs: 19 steps of 64 an epoch; eval = all 177 held-out pairs.
+    train_schedule(config, 500, 64, log_every=25, eval_every=250)
+    config.train.update(cosine_adamw(1e-3, 0.1, 0.98))
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.projection_dim = 32
         for tower in (config.model.image, config.model.text):
             tower.update(ONE_LAYER_SMOKE_SIZE)
         config.model.image.patch_size = 8
-        smoke_schedule(config, 8, 32, learning_rate=3e-3, warmup_steps=1, log_every=1)
+        train_schedule(config, 8, 32, learning_rate=3e-3, warmup_steps=1, log_every=1)
     return config

@@ -15,10 +15,11 @@ python -m fmjax.main --config experiments/vit_b16.py --workdir runs/vit_b16 \
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import parse_preset, vit_model
+from fmjax.experiments import cosine_adamw, parse_preset, train_schedule, vit_model
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 EPOCHS = 90
+BATCH_SIZE = 1024
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -30,18 +31,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.source_dir = ""
     config.data.image_size = 224  # Inception crop + flip (no crop_padding: Fashion-MNIST only)
 
-    config.train.batch_size = 1024
-    config.train.num_steps = EPOCHS * IMAGENET_TRAIN_IMAGES // config.train.batch_size  # 112,602
-    config.train.learning_rate = 1e-3
-    config.train.warmup_steps = 10_000
-    config.train.schedule = "cosine"
-    config.train.end_learning_rate_factor = 0.0
-    config.train.weight_decay = 0.1
-    config.train.adam_b1 = 0.9
-    config.train.adam_b2 = 0.999
-    config.train.adam_eps = 1e-8
-    config.train.grad_clip_norm = 1.0
-    config.train.log_every = 100
-    config.train.eval_every = 5_000  # the full 50,000-image validation split
-    config.checkpoint.every_steps = 5_000
+    # 112,602 steps; eval = the full 50,000-image validation split. Adam b1 0.9, gradients
+    # clipped at 1.0 and the decay to 0 are base_config's.
+    num_steps = EPOCHS * IMAGENET_TRAIN_IMAGES // BATCH_SIZE
+    train_schedule(config, num_steps, BATCH_SIZE, log_every=100, eval_every=5_000)
+    config.train.update(cosine_adamw(1e-3, 0.1, 0.999, warmup_steps=10_000))
     return config

@@ -11,7 +11,13 @@ of the test images. Presets: "smoke" (seconds, for tests).
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import ONE_LAYER_SMOKE_SIZE, parse_preset, smoke_schedule, vit_model
+from fmjax.experiments import (
+    ONE_LAYER_SMOKE_SIZE,
+    cosine_adamw,
+    parse_preset,
+    train_schedule,
+    vit_model,
+)
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -35,21 +41,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.jitter = 0.4  # brightness and contrast factors in [0.6, 1.4]
     config.data.worker_count = 1  # resizing two views per image: a worker process augments
 
-    config.train.num_steps = 600
-    config.train.batch_size = 256  # 512 views: 510 negatives per view
-    config.train.learning_rate = 1e-3
-    config.train.warmup_steps = 60
-    config.train.schedule = "cosine"
-    config.train.weight_decay = 0.05
-    config.train.adam_b2 = 0.99
-    config.train.adam_eps = 1e-8
-    config.train.log_every = 25
-    config.train.eval_every = 300  # eval = the views of all 10,000 test images
-    config.checkpoint.every_steps = 300
+    # 256 images = 512 views: 510 negatives per view; eval = the views of all 10,000 test images.
+    train_schedule(config, 600, 256, log_every=25, eval_every=300)
+    config.train.update(cosine_adamw(1e-3, 0.05, 0.99, warmup_steps=60))
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.update(ONE_LAYER_SMOKE_SIZE, patch_size=7)
         config.model.update(projection_hidden_dim=32, projection_dim=16)
         config.data.worker_count = 0
-        smoke_schedule(config, 4, 16, learning_rate=3e-3, warmup_steps=1, log_every=1)
+        train_schedule(config, 4, 16, learning_rate=3e-3, warmup_steps=1, log_every=1)
     return config

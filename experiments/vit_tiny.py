@@ -12,7 +12,13 @@ steps (the sweep is in README "Results"); `--config.data.crop_padding=2
 import ml_collections
 
 from fmjax.config import base_config
-from fmjax.experiments import ONE_LAYER_SMOKE_SIZE, parse_preset, smoke_schedule, vit_model
+from fmjax.experiments import (
+    ONE_LAYER_SMOKE_SIZE,
+    cosine_adamw,
+    parse_preset,
+    train_schedule,
+    vit_model,
+)
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -26,19 +32,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.crop_padding = 0  # >0: random 28x28 crops of the image zero-padded by that much
     config.data.random_flip = False  # clothes are left-right symmetric; digits would not be
 
-    config.train.num_steps = 3000
-    config.train.batch_size = 128  # 3,000 x 128 = 6.4 epochs of the 60,000 train images
-    config.train.learning_rate = 2e-3
-    config.train.warmup_steps = 100
-    config.train.schedule = "cosine"
-    config.train.weight_decay = 0.05
-    config.train.adam_b2 = 0.99
-    config.train.adam_eps = 1e-8
-    config.train.log_every = 50
-    config.train.eval_every = 1000  # eval = the whole test split (79 batches of 128)
-    config.checkpoint.every_steps = 1000
+    # 3,000 x 128 = 6.4 epochs of the 60,000 train images; eval = the whole test split (79
+    # batches of 128).
+    train_schedule(config, 3000, 128, log_every=50, eval_every=1000)
+    config.train.update(cosine_adamw(2e-3, 0.05, 0.99))
 
     if presets.smoke:  # seconds: for tests and quick checks
         config.model.update(ONE_LAYER_SMOKE_SIZE, patch_size=7)
-        smoke_schedule(config, 8, 32, learning_rate=3e-3, warmup_steps=1, log_every=1)
+        train_schedule(config, 8, 32, learning_rate=3e-3, warmup_steps=1, log_every=1)
     return config

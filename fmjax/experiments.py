@@ -162,25 +162,35 @@ def bert_pretraining_config(
     config.task = mlm_task()
     config.data.update(text_corpus_fields(corpus))
     config.data.seq_len = 128
-    config.train.update(
-        num_steps=1_000_000,
-        batch_size=256,
-        learning_rate=1e-4,
-        warmup_steps=10_000,
-        schedule="linear",
-        weight_decay=0.01,
-        grad_clip_norm=1.0,
-        log_every=100,
-        eval_every=10_000,
-        eval_batches=20,
-    )
-    config.checkpoint.update(every_steps=5_000, keep=3)
+    # base_config's optimizer is BERT's: AdamW 1e-4, linear warmup and decay, weight decay 0.01.
+    train_schedule(config, 1_000_000, 256, warmup_steps=10_000, log_every=100, eval_every=10_000)
+    config.train.eval_batches = 20
+    config.checkpoint.every_steps = 5_000
     return config
 
 
 def mlm_task() -> ml_collections.ConfigDict:
     """BERT's masked-LM task: 15% of the tokens, at most 20 predictions per sequence."""
     return ml_collections.ConfigDict(dict(name="mlm", mask_prob=0.15, max_predictions=20))
+
+
+def causal_lm_task() -> ml_collections.ConfigDict:
+    """GPT's next-token task (fmjax/tasks/causal_lm.py)."""
+    return ml_collections.ConfigDict(dict(name="causal_lm"))
+
+
+def cosine_adamw(learning_rate: float, weight_decay: float, adam_b2: float, **train) -> dict:
+    """Train fields of AdamW (eps 1e-8) with warmup then cosine decay, the GPT-2, CLIP and ViT
+    recipe (base_config's is BERT's: linear decay, eps 1e-6); `train`: more train fields
+    (warmup_steps, end_learning_rate_factor)."""
+    return dict(
+        learning_rate=learning_rate,
+        schedule="cosine",
+        weight_decay=weight_decay,
+        adam_b2=adam_b2,
+        adam_eps=1e-8,
+        **train,
+    )
 
 
 def shakespeare_pretraining_config(
@@ -194,19 +204,17 @@ def shakespeare_pretraining_config(
     # shakespeare | gcide | tfds:<name> | files:<glob> (.txt .jsonl .jsonl.gz .parquet)
     config.data.update(text_corpus_fields("shakespeare"))
     config.data.seq_len = 128
-    config.train.update(
-        num_steps=600, batch_size=16, log_every=20, eval_every=200, eval_batches=16, **train
-    )
-    config.checkpoint.every_steps = 200
+    train_schedule(config, 600, 16, log_every=20, eval_every=200, eval_batches=16, **train)
     return config
 
 
 def continued_pretraining_config(
-    family: str, task: ml_collections.ConfigDict, smoke: bool, **train
+    family: str, task: ml_collections.ConfigDict, smoke: bool, batch_size: int, **train
 ) -> ml_collections.ConfigDict:
     """Continued pretraining (domain adaptation) of whatever `family` model train.init_from
-    points at, on a corpus: the model's fields and tokenizer come from that workdir. 1000 steps,
-    eval and checkpoint every 250 (`train` sets the optimizer fields); `smoke`: seconds."""
+    points at, on a corpus: the model's fields and tokenizer come from that workdir. 1000 steps
+    of `batch_size`, eval and checkpoint every 250 (`train` sets the optimizer fields); `smoke`:
+    seconds."""
     config = base_config()
     config.model = ml_collections.ConfigDict(
         dict(family=family, fields_from_init=True, compute_dtype="auto")
@@ -217,13 +225,10 @@ def continued_pretraining_config(
     config.data.seq_len = 128  # at most the pretrained model's max_seq_len
     config.data.tokenizer_file = ""  # '' = the tokenizer of train.init_from's run
     config.train.init_from = ""  # the pretrained workdir (required)
-    config.train.update(
-        num_steps=1000, warmup_steps=100, log_every=20, eval_every=250, eval_batches=8, **train
-    )
-    config.checkpoint.every_steps = 250
+    train_schedule(config, 1000, batch_size, log_every=20, eval_every=250, eval_batches=8, **train)
     if smoke:
         config.data.seq_len = 32
-        smoke_schedule(
+        train_schedule(
             config, 4, 8, learning_rate=1e-3, warmup_steps=1, log_every=2, eval_batches=1
         )
     return config
@@ -261,21 +266,21 @@ def smoke_classifier(config: ml_collections.ConfigDict, eval_every: int) -> None
     config.data.seq_len = 32
     config.data.tokenizer_from = ""
     config.train.init_from = ""
-    smoke_schedule(
+    train_schedule(
         config, 8, 16, learning_rate=3e-3, warmup_steps=1, log_every=2, eval_every=eval_every
     )
 
 
-def smoke_schedule(
+def train_schedule(
     config: ml_collections.ConfigDict,
     num_steps: int,
     batch_size: int,
     checkpoint_every: int | None = None,
     **train,
 ) -> None:
-    """A smoke preset's budget: `num_steps` of `batch_size` (`train`: other train fields),
-    evaluated at the last step unless train.eval_every is given, checkpointed at every eval
-    unless `checkpoint_every` is given."""
+    """A run's budget: `num_steps` of `batch_size` (`train`: other train fields), evaluated at
+    the last step unless train.eval_every is given, checkpointed at every eval unless
+    `checkpoint_every` is given."""
     config.train.update(dict(num_steps=num_steps, batch_size=batch_size, eval_every=num_steps))
     config.train.update(train)
     config.checkpoint.every_steps = checkpoint_every or int(config.train.eval_every)
