@@ -1,10 +1,14 @@
-"""Shared checks of parameter shardings for the golden-spec tests (bert_base, gpt2_small)."""
+"""Shared checks of sharded programs: golden parameter shardings (bert_base, gpt2_small) and
+training losses on a given mesh (the same numbers on every mesh)."""
+
+from collections.abc import Callable
 
 import jax
+import numpy as np
 import pytest
 
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import bytes_per_device, sharding_context
+from fmjax.parallel.sharding import bytes_per_device, shard_batch, sharding_context
 from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
@@ -23,6 +27,34 @@ def build_on_mesh(config, mesh_shape: dict):
     mesh = make_mesh(config.mesh)
     with sharding_context(config, mesh):
         return build_program(config, build_task(config), mesh)
+
+
+def losses_on_mesh(
+    config,
+    mesh_shape: dict,
+    batch_for_step: Callable[[object, int], dict],
+    num_steps: int,
+    check_state: Callable[[dict], None] | None = None,
+) -> list[float]:
+    """The mean loss of each of `num_steps` train steps of `config` on a mesh of `mesh_shape`
+    (on its first devices); `batch_for_step(task, step)` gives a step's batch, `check_state`
+    (if given) sees the initial state."""
+    config = config.copy_and_resolve_references()
+    config.mesh.update(mesh_shape)
+    task = build_task(config)
+    mesh = make_mesh(config.mesh, jax.devices()[: int(np.prod(list(mesh_shape.values())))])
+    losses = []
+    with sharding_context(config, mesh):
+        program = build_program(config, task, mesh)
+        state = program.init_state()
+        if check_state is not None:
+            check_state(state)
+        for step in range(num_steps):
+            batch = batch_for_step(task, step)
+            state, metrics = program.train_step(state, shard_batch(batch, mesh))
+            loss_sum, count = jax.device_get(metrics["loss"])
+            losses.append(float(loss_sum / count))
+    return losses
 
 
 def assert_golden_partition_specs(program, golden: dict, num_layer_params: int) -> None:

@@ -11,6 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from run_records import metric_records
+from sharding_checks import losses_on_mesh
 
 from fmjax.data.corpora import is_validation
 from fmjax.data.corpora.emoji import CLASS_NAMES, VALIDATION_FRACTION, coarse_label
@@ -22,7 +24,7 @@ from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
 from fmjax.models.contrastive import MAX_LOGIT_SCALE
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import shard_batch, sharding_context
+from fmjax.parallel.sharding import sharding_context
 from fmjax.tasks import build_task
 from fmjax.tasks.contrastive import clip_loss, recall_at_k, siglip_loss, similarity_logits
 from fmjax.train import trainer
@@ -126,30 +128,17 @@ def random_pair_batch(task, batch_size: int, vocab_size: int, seed: int) -> dict
     }
 
 
-def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 2) -> list[float]:
-    config = config.copy_and_resolve_references()
-    config.mesh.update(mesh_shape)
-    task = build_task(config)
-    mesh = make_mesh(config.mesh, jax.devices()[: int(np.prod(list(mesh_shape.values())))])
-    losses = []
-    with sharding_context(config, mesh):
-        program = build_program(config, task, mesh)
-        state = program.init_state()
-        for step in range(num_steps):
-            batch = random_pair_batch(task, config.train.batch_size, 1024, step)
-            state, metrics = program.train_step(state, shard_batch(batch, mesh))
-            loss_sum, count = jax.device_get(metrics["loss"])
-            losses.append(float(loss_sum / count))
-    return losses
-
-
 @pytest.mark.parametrize("preset", ["smoke", "smoke,siglip"], ids=["clip", "siglip"])
 def test_global_batch_loss_is_the_same_on_1_and_8_devices(preset):
     config = experiment(preset)
     config.model.compute_dtype = "float32"
     config.train.batch_size = 16
-    single = losses_on_mesh(config, {"data": 1, "fsdp": 1, "tensor": 1})
-    sharded = losses_on_mesh(config, {"data": 8, "fsdp": 1, "tensor": 1})
+
+    def random_batch(task, step):
+        return random_pair_batch(task, config.train.batch_size, 1024, step)
+
+    single = losses_on_mesh(config, {"data": 1, "fsdp": 1, "tensor": 1}, random_batch, 2)
+    sharded = losses_on_mesh(config, {"data": 8, "fsdp": 1, "tensor": 1}, random_batch, 2)
     # A per-device loss (2 negatives per image on 8 devices) would be far smaller than the
     # global one (16): log(16) ~ 2.8 at init for CLIP.
     if "siglip" not in preset:
@@ -306,13 +295,11 @@ def test_smoke_training_reduces_the_loss(shared_data_dir, tmp_path, preset):
     config.data.data_dir = shared_data_dir
     workdir = tmp_path / "run"
     summary = trainer.train(config, str(workdir))
-    with open(workdir / "metrics.jsonl") as f:
-        records = [json.loads(line) for line in f]
-    losses = [r["loss"] for r in records if r["split"] == "train"]
+    losses = [r["loss"] for r in metric_records(workdir, "train")]
     assert len(losses) == 8 and losses[-1] < losses[0], losses
-    (evaluation,) = [r for r in records if r["split"] == "eval"]
+    (evaluation,) = metric_records(workdir, "eval")
     for key in ("image_to_text", "text_to_image"):
         assert 0.0 <= evaluation[f"{key}_recall_at_1"] <= evaluation[f"{key}_recall_at_5"] <= 1.0
     assert 0.0 <= evaluation["zero_shot_accuracy"] <= 1.0
     assert evaluation["num_pairs"] == summary["eval_num_pairs"] > 100
-    assert ("logit_bias" in records[0]) == ("siglip" in preset)
+    assert ("logit_bias" in metric_records(workdir)[0]) == ("siglip" in preset)

@@ -1,14 +1,12 @@
 """GPT: causal + segment masking, packing, KV-cache decoding, generation, training, sharding."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from run_records import metric_records
 from sharding_checks import (
     GOLDEN_MESHES,
     assert_golden_partition_specs,
@@ -223,9 +221,7 @@ def test_gpt_tiny_trains_and_generates(shared_data_dir, tmp_path, capsys):
     config.data.data_dir = shared_data_dir
     workdir = str(tmp_path / "run")
     summary = trainer.train(config, workdir)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    train = [r for r in records if r["split"] == "train"]
+    train = metric_records(workdir, "train")
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
     assert summary["eval_perplexity"] == pytest.approx(np.exp(summary["eval_loss"]), rel=1e-6)
 

@@ -10,11 +10,12 @@ from sharding_checks import (
     assert_golden_partition_specs,
     assert_params_split_evenly,
     build_on_mesh,
+    losses_on_mesh,
 )
 
 from fmjax.experiments import experiment_config
 from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import shard_batch, sharding_context
+from fmjax.parallel.sharding import sharding_context
 from fmjax.tasks import build_task
 from fmjax.train.step import build_program
 
@@ -41,24 +42,17 @@ def random_mlm_batch(task, batch_size: int, vocab_size: int, seed: int = 0) -> d
     }
 
 
-def losses_on_mesh(config, mesh_shape: dict, num_steps: int = 3) -> list[float]:
-    config = config.copy_and_resolve_references()
-    config.mesh.update(mesh_shape)
-    task = build_task(config)
-    devices = jax.devices()[: np.prod(list(mesh_shape.values()))]
-    mesh = make_mesh(config.mesh, devices)
-    with sharding_context(config, mesh):
-        program = build_program(config, task, mesh)
-        state = program.init_state()
+def mlm_losses(config, mesh_shape: dict) -> list[float]:
+    """The losses of 3 steps on random MLM batches on `mesh_shape`, the params really sharded."""
+
+    def random_batch(task, step):
+        return random_mlm_batch(task, config.train.batch_size, config.model.vocab_size, step)
+
+    def assert_rules_shard_the_params(state):
         kernel = state["params"]["encoder"]["layers"][0]["mlp"]["wi"]["kernel"]
-        assert kernel.sharding.spec == P("fsdp", "tensor")  # the rules really shard the params
-        losses = []
-        for step in range(num_steps):
-            batch = random_mlm_batch(task, config.train.batch_size, config.model.vocab_size, step)
-            state, metrics = program.train_step(state, shard_batch(batch, mesh))
-            loss_sum, count = jax.device_get(metrics["loss"])
-            losses.append(float(loss_sum / count))
-    return losses
+        assert kernel.sharding.spec == P("fsdp", "tensor")
+
+    return losses_on_mesh(config, mesh_shape, random_batch, 3, assert_rules_shard_the_params)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def smoke_config():
 
 @pytest.fixture(scope="module")
 def single_device_losses(smoke_config):
-    return losses_on_mesh(smoke_config, {"data": 1, "fsdp": 1, "tensor": 1})
+    return mlm_losses(smoke_config, {"data": 1, "fsdp": 1, "tensor": 1})
 
 
 @pytest.mark.parametrize(
@@ -87,7 +81,7 @@ def single_device_losses(smoke_config):
     ids=["data8", "fsdp8", "data2xtensor4", "data2xfsdp2xtensor2", "fsdp2xtensor4"],
 )
 def test_sharded_training_matches_single_device(smoke_config, single_device_losses, mesh_shape):
-    losses = losses_on_mesh(smoke_config, mesh_shape)
+    losses = mlm_losses(smoke_config, mesh_shape)
     assert losses[-1] < losses[0] + 1.0  # the steps really trained
     np.testing.assert_allclose(losses, single_device_losses, rtol=2e-5, atol=2e-5)
 

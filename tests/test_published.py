@@ -87,6 +87,21 @@ def bert_batch(hf_tokenizer, texts, length=24):
     return encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
 
 
+def hf_bert_outputs(hf_model, ids, mask):
+    """transformers' outputs of a BERT-family `hf_model` on int32 token ids and attention mask."""
+    with torch.no_grad():
+        return hf_model(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        )
+
+
+def assert_close_at_real_tokens(ours, theirs, mask):
+    """ours and theirs [B, L, ...] agree within 1e-4 at every real (unpadded) token of `mask`."""
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4, rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def english_bert(tmp_path_factory):
     """A published-style BertForPreTraining (as bert-base-uncased ships: MLM and next-sentence
@@ -130,13 +145,8 @@ def test_published_bert_import_keeps_its_special_ids_and_logits(english_bert):
     logits = make_model(run.config.model, run.params)(
         ids, types, mask, positions, deterministic=True
     )
-    with torch.no_grad():
-        theirs = hf_model(
-            input_ids=torch.from_numpy(ids.astype(np.int64)),
-            attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        ).prediction_logits.numpy()
-    real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(logits)[real], theirs[real], atol=1e-4, rtol=1e-4)
+    theirs = hf_bert_outputs(hf_model, ids, mask).prediction_logits.numpy()
+    assert_close_at_real_tokens(logits, theirs, mask)
     assert "cls.seq_relationship.weight" in record["unused_tensors"]  # no NSP head in fmjax
 
 
@@ -158,13 +168,8 @@ def test_bert_model_checkpoint_and_tokenizer_config_override(tmp_path):
     hidden = make_model(run.config.model, run.params).encode(
         ids, np.zeros_like(ids), mask, deterministic=True
     )
-    with torch.no_grad():
-        theirs = hf_model(
-            input_ids=torch.from_numpy(ids.astype(np.int64)),
-            attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        ).last_hidden_state.numpy()
-    real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(hidden)[real], theirs[real], atol=1e-4, rtol=1e-4)
+    theirs = hf_bert_outputs(hf_model, ids, mask).last_hidden_state.numpy()
+    assert_close_at_real_tokens(hidden, theirs, mask)
 
 
 def test_chinese_wordpiece_splits_cjk_characters_like_transformers(chinese_bert):
@@ -184,13 +189,8 @@ def test_chinese_wordpiece_splits_cjk_characters_like_transformers(chinese_bert)
     ids, mask = bert_batch(hf_tokenizer, [t for t, _ in CHINESE[:2]])
     model = make_model(run.config.model, run.params)
     hidden = model.encode(ids, np.zeros_like(ids), mask, deterministic=True)
-    with torch.no_grad():
-        theirs = hf_model.bert(
-            input_ids=torch.from_numpy(ids.astype(np.int64)),
-            attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        ).last_hidden_state.numpy()
-    real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(hidden)[real], theirs[real], atol=1e-4, rtol=1e-4)
+    theirs = hf_bert_outputs(hf_model.bert, ids, mask).last_hidden_state.numpy()
+    assert_close_at_real_tokens(hidden, theirs, mask)
 
 
 def run_quietly(function, *args):
@@ -234,11 +234,7 @@ def test_fine_tune_on_a_chinese_csv_exports_a_transformers_classifier(chinese_be
     ids, mask = bert_batch(hf_tokenizer, [t for t, _ in CHINESE], length=32)
     run = load_run(workdir)
     ours = make_model(run.config.model, run.params)(ids, mask, deterministic=True)
-    with torch.no_grad():
-        theirs = hf_model(
-            input_ids=torch.from_numpy(ids.astype(np.int64)),
-            attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        ).logits.numpy()
+    theirs = hf_bert_outputs(hf_model, ids, mask).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=1e-4)
 
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 import pytest
+from sharding_checks import losses_on_mesh
 
 from fmjax.data.corpora.fashion_mnist import SPLIT_FILES, write_idx
 from fmjax.data.images import build_image_data, build_view_data, fashion_mnist_views
 from fmjax.errors import ConfigError
 from fmjax.experiments import experiment_config
-from fmjax.parallel.mesh import make_mesh
-from fmjax.parallel.sharding import shard_batch, sharding_context
 from fmjax.params_io import flat_names, resolve_checkpoint, restore_params
-from fmjax.tasks import build_task
 from fmjax.tasks.contrastive import clip_loss
 from fmjax.tasks.simclr import partner_logits
 from fmjax.train import trainer
-from fmjax.train.step import build_program
 
 
 def naive_nt_xent(first: np.ndarray, second: np.ndarray, temperature: float) -> np.ndarray:
@@ -119,31 +115,19 @@ def test_two_views_differ_but_come_from_the_same_image(fixture_dir, tmp_path):
         build_view_data(config)
 
 
-def simclr_losses(config, mesh_shape: dict, batch: dict, num_steps: int) -> list[float]:
-    config = config.copy_and_resolve_references()
-    config.mesh.update(mesh_shape)
-    task = build_task(config)
-    mesh = make_mesh(config.mesh, jax.devices()[: int(np.prod(list(mesh_shape.values())))])
-    losses = []
-    with sharding_context(config, mesh):
-        program = build_program(config, task, mesh)
-        state = program.init_state()
-        for _ in range(num_steps):
-            state, metrics = program.train_step(state, shard_batch(batch, mesh))
-            loss_sum, count = jax.device_get(metrics["loss"])
-            losses.append(float(loss_sum / count))
-    return losses
-
-
 def test_simclr_loss_falls_on_a_fixed_batch_and_is_the_same_on_8_devices(fixture_dir, tmp_path):
     config = config_on("vit_simclr", "smoke", fixture_dir, tmp_path)
     config.model.compute_dtype = "float32"
     config.task.temperature = 0.2  # sharper logits: a larger loss range for 10 steps to cover
     config.train.update(num_steps=100, learning_rate=1e-2, warmup_steps=1)  # no decay yet
     batch = build_view_data(config).train.batch(0)
-    single = simclr_losses(config, {"data": 1, "fsdp": 1, "tensor": 1}, batch, num_steps=10)
+
+    def fixed_batch(task, step):
+        return batch
+
+    single = losses_on_mesh(config, {"data": 1, "fsdp": 1, "tensor": 1}, fixed_batch, num_steps=10)
     assert single[-1] < single[1] - 0.2, single  # step 0 applies learning rate 0
-    sharded = simclr_losses(config, {"data": 4, "fsdp": 2, "tensor": 1}, batch, num_steps=2)
+    sharded = losses_on_mesh(config, {"data": 4, "fsdp": 2, "tensor": 1}, fixed_batch, num_steps=2)
     np.testing.assert_allclose(sharded, single[:2], rtol=2e-5)
 
 

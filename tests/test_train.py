@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from run_records import metric_records
 
 from fmjax.experiments import experiment_config
 from fmjax.train import trainer
@@ -21,11 +22,6 @@ def smoke_config(data_dir: str, **train):
     config.data.data_dir = data_dir
     config.train.update(train)
     return config
-
-
-def read_metrics(workdir) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_cli_trains_and_writes_the_workdir(shared_data_dir, tmp_path):
@@ -54,7 +50,7 @@ def test_cli_trains_and_writes_the_workdir(shared_data_dir, tmp_path):
     manifest = json.loads((workdir / "manifest.json").read_text())
     assert manifest["devices"]["num_devices"] == 8
     assert manifest["data"]["sha256"]
-    records = read_metrics(workdir)
+    records = metric_records(workdir)
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
     assert [r["step"] for r in train] == [1, 2, 4, 6]
@@ -75,10 +71,10 @@ def test_resume_continues_the_step_count_exactly(shared_data_dir, tmp_path):
         f.write(json.dumps({"step": 7, "split": "train", "loss": 123.0}) + "\n")
     trainer.train(smoke_config(shared_data_dir, num_steps=9, **run), str(resumed))
 
-    steps = [r["step"] for r in read_metrics(resumed) if r["split"] == "train"]
+    steps = [r["step"] for r in metric_records(resumed, "train")]
     assert steps == list(range(1, 10))
-    losses = {r["step"]: r["loss"] for r in read_metrics(resumed) if r["split"] == "train"}
-    expected = {r["step"]: r["loss"] for r in read_metrics(straight) if r["split"] == "train"}
+    losses = {r["step"]: r["loss"] for r in metric_records(resumed, "train")}
+    expected = {r["step"]: r["loss"] for r in metric_records(straight, "train")}
     np.testing.assert_allclose(
         [losses[s] for s in range(1, 10)], [expected[s] for s in range(1, 10)], rtol=1e-6
     )

@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from run_records import metric_records
 
 from fmjax.data.corpora.fashion_mnist import SPLIT_FILES, read_idx, write_idx
 from fmjax.data.images import (
@@ -160,11 +161,9 @@ def test_vit_tiny_training_reduces_the_loss(shared_data_dir, tmp_path, pooling):
     config.model.pooling = pooling
     workdir = tmp_path / "run"
     summary = trainer.train(config, str(workdir))
-    with open(workdir / "metrics.jsonl") as f:
-        records = [json.loads(line) for line in f]
-    losses = [r["loss"] for r in records if r["split"] == "train"]
+    losses = [r["loss"] for r in metric_records(workdir, "train")]
     assert len(losses) == 8 and losses[-1] < losses[0], losses
-    evals = [r for r in records if r["split"] == "eval"]
+    evals = metric_records(workdir, "eval")
     assert len(evals) == 1 and 0.0 <= evals[0]["accuracy"] <= 1.0
     assert summary["eval_accuracy"] > 0.15  # 8 steps already beat chance (0.1)
     manifest = json.loads((workdir / "manifest.json").read_text())
