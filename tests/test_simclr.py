@@ -119,7 +119,7 @@ def test_simclr_loss_falls_on_a_fixed_batch_and_is_the_same_on_8_devices(fixture
     config = config_on("vit_simclr", "smoke", fixture_dir, tmp_path)
     config.model.compute_dtype = "float32"
     config.task.temperature = 0.2  # sharper logits: a larger loss range for 10 steps to cover
-    config.train.update(num_steps=100, learning_rate=1e-2, warmup_steps=1)  # no decay yet
+    config.train.update(num_steps=100, learning_rate=3e-3, warmup_steps=1)  # no decay yet
     batch = build_view_data(config).train.batch(0)
 
     def fixed_batch(task, step):
