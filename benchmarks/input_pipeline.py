@@ -107,13 +107,13 @@ def write_jpegs(images: Any, folder: str, size: int, count: int) -> tuple[list[s
 
 def vit_loader(config: Any, pair_config: Any, folder: str, batch_size: int, count: int):
     """The vit_b16 train loader over JPEG files built from the emoji images; and a note."""
+    from fmjax.data.corpora import prepared_tfds_builder
     from fmjax.data.corpora.emoji import Emoji
     from fmjax.data.images import imagenet_example
     from fmjax.data.pipeline import make_loader
 
     data_dir = os.path.expanduser(str(pair_config.data.data_dir))
-    builder = Emoji(data_dir=os.path.join(data_dir, "tfds"), source_dir="")
-    builder.download_and_prepare()
+    builder = prepared_tfds_builder(Emoji, data_dir, "")
     size = int(config.data.image_size)
     paths, kib = write_jpegs(builder.as_data_source(split="train"), folder, size, count)
     labels = [index % int(config.model.num_classes) for index in range(count)]

@@ -88,6 +88,16 @@ def _flatten(tree, prefix=""):
         yield prefix, np.asarray(tree)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """The CLI runs of this file compile the same smoke program: they share one persistent
+    compilation cache (as the runs of a job do with compilation_cache_dir), so the first one
+    compiles it and the others, resumed runs included, load it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+        yield
+
+
 RUN = (
     "--config.train.num_steps=14",
     "--config.train.log_every=1",

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fmjax.data.corpora import open_prepared_tfds
+from fmjax.data.corpora import open_prepared_tfds, prepared_tfds_builder
 from fmjax.data.label_splits import select_splits
 from fmjax.data.pipeline import loader_options, make_loader
 from fmjax.data.task_data import EvalBatches, TaskData
@@ -203,8 +203,7 @@ def _fashion_mnist(config: Any) -> tuple[Any, Any, Callable, Callable, dict, int
             "set --config.data.image_size=28 (and model.image_size=28)"
         )
     source_dir = os.path.expanduser(str(config.data.get("source_dir", "") or ""))
-    builder = FashionMnist(data_dir=os.path.join(_data_dir(config), "tfds"), source_dir=source_dir)
-    builder.download_and_prepare()
+    builder = prepared_tfds_builder(FashionMnist, _data_dir(config), source_dir)
     augment = dict(
         crop_padding=int(config.data.get("crop_padding", 4)),
         flip=bool(config.data.get("random_flip", True)),

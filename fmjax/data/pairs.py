@@ -17,6 +17,7 @@ import numpy as np
 import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.data.corpora import prepared_tfds_builder
 from fmjax.data.images import normalize
 from fmjax.data.pipeline import loader_options, make_loader
 from fmjax.data.task_data import EvalBatches, TaskData
@@ -120,8 +121,7 @@ def build_pair_data(config: Any) -> TaskData:
         )
     data_dir = os.path.expanduser(str(config.data.data_dir))
     source_dir = os.path.expanduser(str(config.data.get("source_dir", "") or ""))
-    builder = Emoji(data_dir=os.path.join(data_dir, "tfds"), source_dir=source_dir)
-    builder.download_and_prepare()
+    builder = prepared_tfds_builder(Emoji, data_dir, source_dir)
     sources = {split: builder.as_data_source(split=split) for split in ("train", "validation")}
     captions = {split: _captions(source) for split, source in sources.items()}
 

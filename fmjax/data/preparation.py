@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
 import hashlib
 import json
@@ -38,7 +37,7 @@ import tqdm
 
 from fmjax.data import files as files_lib
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.corpora import sha256_file
+from fmjax.data.corpora import one_process_at_a_time, sha256_file
 from fmjax.data.pipeline import fixed_batches, loader_options, make_loader
 from fmjax.data.shards import Features, PackedTextSource, ShardWriter
 from fmjax.data.task_data import TaskData
@@ -189,7 +188,7 @@ def prepare_text(config: Any, layout: str, *, workers: int | None = None) -> Pre
     directory = dataset_dir(config, layout)
     record = _read_record(directory)
     if record is None:
-        with _exclusive(directory):
+        with one_process_at_a_time(directory):
             record = _read_record(directory)  # another process may have finished meanwhile
             if record is None:
                 plan, provenance = make_plan(config, layout)
@@ -208,21 +207,6 @@ def prepare_text(config: Any, layout: str, *, workers: int | None = None) -> Pre
         check_sources(config, record)
     vocab = int(config.model.vocab_size)
     return open_prepared(record, directory, vocab, tokenizer_path(config, layout))
-
-
-@contextlib.contextmanager
-def _exclusive(directory: str) -> Iterator[None]:
-    """Waits for, then holds, an flock on directory/.prepare.lock (released at death too).
-
-    Like fmjax.train.workdir_lock.one_process_at_a_time, without importing JAX.
-    """
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".prepare.lock"), "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def remove_partial_files(plan: Plan) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 def prepare(config: Any, workdir: str) -> dict:
     """Prepares config's data as training would and prints what was prepared; returns that."""
     del workdir  # preparation lives in data.data_dir, shared by every run of the data
+    from fmjax.data.corpora import one_process_at_a_time
     from fmjax.tasks import build_task
-    from fmjax.train.workdir_lock import one_process_at_a_time
 
     start = time.time()
     task = build_task(config)

@@ -23,6 +23,7 @@ import numpy as np
 import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.data.corpora import prepared_tfds_builder
 from fmjax.data.label_splits import select_splits
 from fmjax.data.labeled_files import is_files_dataset, read_labeled_splits
 from fmjax.data.pipeline import loader_options, make_loader
@@ -87,9 +88,7 @@ def dataset_builder(config: Any) -> tuple[Any, tuple[str, ...]]:
         )
     data_dir = os.path.expanduser(str(config.data.data_dir))
     source_dir = os.path.expanduser(str(config.data.get("source_dir", "") or ""))
-    builder = builder_cls(data_dir=os.path.join(data_dir, "tfds"), source_dir=source_dir)
-    builder.download_and_prepare()
-    return builder, CLASS_NAMES
+    return prepared_tfds_builder(builder_cls, data_dir, source_dir), CLASS_NAMES
 
 
 def _texts_and_labels(source: Any) -> tuple[list[str], np.ndarray]:

@@ -23,6 +23,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from fmjax.config import resolve_auto_fields, validate_config
+from fmjax.data.corpora import one_process_at_a_time
 from fmjax.data.task_data import TaskData
 from fmjax.errors import ConfigError
 from fmjax.models import model_settings
@@ -34,7 +35,6 @@ from fmjax.train.checkpoint import Checkpointer
 from fmjax.train.init_from import inherit_model_fields
 from fmjax.train.step import TrainProgram, TrainState, abstract_batch, build_program
 from fmjax.train.storage import workdir_path
-from fmjax.train.workdir_lock import one_process_at_a_time
 
 
 @dataclasses.dataclass

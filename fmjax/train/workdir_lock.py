@@ -15,7 +15,6 @@ run finds its lock taken by another one, it stops (KeyboardInterrupt in the main
 from __future__ import annotations
 
 import _thread
-import contextlib
 import fcntl
 import json
 import os
@@ -23,7 +22,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -194,20 +192,3 @@ class LeaseLock:
         self._renewer = None
         if (self.read() or {}).get("owner") == self.owner:
             self._filesystem.rm_file(self._name)
-
-
-@contextlib.contextmanager
-def one_process_at_a_time(directory: str, name: str = ".prepare.lock") -> Iterator[None]:
-    """Waits for, then holds, an exclusive flock on directory/name.
-
-    The processes of a multi-process job on one machine prepare the same data dir in turn:
-    the first builds the cache, the others then read it.
-    """
-    directory = os.path.expanduser(directory)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, name), "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from fmjax.errors import ConfigError
@@ -69,11 +72,38 @@ def _prepared_builder(data_config: Any) -> Any:
             "(set --config.data.corpus to one of them)"
         )
     source_dir = os.path.expanduser(str(data_config.get("source_dir", "") or ""))
-    builder = builder_cls(
-        data_dir=os.path.join(_data_dir(data_config), "tfds"), source_dir=source_dir
-    )
-    builder.download_and_prepare()
+    return prepared_tfds_builder(builder_cls, _data_dir(data_config), source_dir)
+
+
+def prepared_tfds_builder(builder_cls: type, data_dir: str, source_dir: str) -> Any:
+    """builder_cls over data_dir/tfds, downloaded and prepared once; processes take turns.
+
+    TFDS renames a finished dataset into place and fails if another process got there first, and
+    a builder made before that rename does not see the data: so both happen under the lock.
+    """
+    tfds_dir = os.path.join(data_dir, "tfds")
+    with one_process_at_a_time(tfds_dir):
+        builder = builder_cls(data_dir=tfds_dir, source_dir=source_dir)
+        builder.download_and_prepare()
     return builder
+
+
+@contextlib.contextmanager
+def one_process_at_a_time(directory: str, name: str = ".prepare.lock") -> Iterator[None]:
+    """Waits for, then holds, an exclusive flock on directory/name (the OS frees it at death).
+
+    Processes sharing a data dir on one machine (a multi-process job, two runs, test workers)
+    prepare it in turn: the first builds the cache, the others then read it. Not re-entrant:
+    nested holders must use different directories or names.
+    """
+    directory = os.path.expanduser(directory)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, name), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _builder_provenance(name: str, builder: Any) -> dict:
