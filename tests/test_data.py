@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import ml_collections
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tokenizers
 
 from fmjax.data import tokenizer as tokenizer_lib
-from fmjax.data.corpora import load_corpus
+from fmjax.data.corpora import load_corpus, prepared_tfds_builder
 from fmjax.data.corpora.gcide import clean_entry, entry_offsets
 from fmjax.data.corpora.shakespeare import play_text
 from fmjax.data.pipeline import fixed_batches, make_loader
@@ -225,6 +226,22 @@ def test_process_shards_concatenate_to_global_batch():
         _assert_batches_equal(joined, single.batch(step))
 
 
+def test_a_single_row_per_process_and_a_single_row_eval_batch():
+    """Batch 8 on 8 processes (mesh data=8): each process reads one row, and together all 8."""
+    loaders = [_loader(global_batch_size=8, process_index=p, process_count=8) for p in range(8)]
+    for step in (0, 6):
+        rows = [loader.batch(step)["input_ids"] for loader in loaders]
+        assert rows[0].shape == (1, 24)
+        np.testing.assert_array_equal(np.concatenate(rows), _loader().batch(step)["input_ids"])
+    iterator = loaders[3].iterate(2)
+    _assert_batches_equal(next(iterator), loaders[3].batch(2))
+    iterator.close()
+    single = fixed_batches(_source(n=5), _transform, batch_size=1, num_batches=6, seed=1)
+    (whole,) = fixed_batches(_source(n=5), _transform, batch_size=6, num_batches=1, seed=1)
+    joined = {key: np.concatenate([batch[key] for batch in single]) for key in whole}
+    _assert_batches_equal(joined, whole)  # wrapping after the 5 examples, as one batch does
+
+
 def test_loader_rejects_indivisible_batch():
     with pytest.raises(ConfigError, match="divisible"):
         _loader(global_batch_size=6, process_count=4)
@@ -321,6 +338,32 @@ def _bert_config(data_dir: str, **train) -> ml_collections.ConfigDict:
     config.data.data_dir = data_dir
     config.train.update(batch_size=8, eval_batches=2, **train)
     return config
+
+
+def test_a_tfds_dataset_is_prepared_once_when_two_processes_share_the_data_dir(tmp_path):
+    """TFDS fails when a second preparation renames its dataset into place, and a builder made
+    before the first one's rename does not see the data: both happen in turn, under a lock."""
+    events = []
+
+    class SlowBuilder:
+        def __init__(self, data_dir, source_dir):
+            os.makedirs(data_dir, exist_ok=True)
+            self.marker = os.path.join(data_dir, "prepared")
+            self.found = os.path.exists(self.marker)
+
+        def download_and_prepare(self):
+            events.append("start")
+            if not self.found:
+                time.sleep(0.3)
+                open(self.marker, "w").close()
+            events.append("end")
+
+    with ThreadPoolExecutor(2) as pool:  # flock excludes two open files in one process too
+        builders = list(
+            pool.map(lambda _: prepared_tfds_builder(SlowBuilder, str(tmp_path), ""), range(2))
+        )
+    assert events == ["start", "end", "start", "end"]
+    assert sorted(builder.found for builder in builders) == [False, True]
 
 
 def test_build_mlm_data_shakespeare(shared_data_dir):

@@ -117,7 +117,9 @@ def process_batches(
     example once per epoch.
     """
     local_batch_size = global_batch_size // process_count
-    blocks = examples.batch(local_batch_size, batch_fn=_stack)  # block k: rows [k*b, (k+1)*b)
+    # block k: rows [k*b, (k+1)*b). drop_remainder: grain counts the blocks of the endless stream
+    # (sys.maxsize rows) as ceil(float(len) / b), which passes sys.maxsize when b == 1.
+    blocks = examples.batch(local_batch_size, drop_remainder=True, batch_fn=_stack)
     if batch_transform is not None:
         blocks = blocks.map_with_index(
             lambda k, rows: batch_transform(
@@ -270,5 +272,5 @@ def fixed_batches(
         raise ConfigError("the evaluation data is empty; check data.corpus and data.seq_len")
     dataset = grain.MapDataset.source(source).repeat()
     dataset = dataset.map_with_index(lambda i, x: transform(x, example_rng(seed, i)))
-    batches = dataset.batch(batch_size, batch_fn=_stack)
+    batches = dataset.batch(batch_size, drop_remainder=True, batch_fn=_stack)  # as process_batches
     return [batches[b] for b in range(num_batches)]
